@@ -1,0 +1,1 @@
+"""Orbax checkpoint management (train state + data iterator + config) and weight conversion."""

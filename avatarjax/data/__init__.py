@@ -1,0 +1,1 @@
+"""Data: grain pipelines, synthface, real-dataset builders, preprocessing. Arrays in, arrays out."""

@@ -1,0 +1,46 @@
+"""Grain pipelines shared by every system: deterministic, resumable, split across processes.
+
+A global batch ``i`` is the records at positions ``[i*B, (i+1)*B)`` of a seeded shuffle of the source, repeated
+epoch after epoch. Process ``p`` of ``P`` reads only rows ``[p*B/P, (p+1)*B/P)`` of each global batch, which is
+exactly the rows its devices hold under the ``batch`` sharding, so 1 process and N processes see the same global
+batches. Shuffling and batching happen on indices, so only the rows a process needs are ever loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+
+def stack_records(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return {key: np.stack([np.asarray(r[key]) for r in records]) for key in records[0]}
+
+
+def batched(source: Any, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
+            process_index: int = 0, process_count: int = 1,
+            collate: Callable[[Sequence[Any]], Any] = stack_records) -> grain.MapDataset:
+    """A map dataset of this process's share of each global batch.
+
+    ``source`` supports ``len`` and ``__getitem__`` (a grain RandomAccessDataSource). Partial final batches are
+    dropped; with ``num_epochs=None`` it repeats forever.
+    """
+    if batch_size % process_count:
+        raise ValueError(f"batch size {batch_size} must divide by the process count {process_count}")
+    if len(source) < batch_size:
+        raise ValueError(f"the dataset has {len(source)} records, fewer than one batch of {batch_size}")
+    local = batch_size // process_count
+    indices = grain.MapDataset.range(len(source))
+    if shuffle:
+        indices = indices.shuffle(seed=seed)
+    indices = indices.repeat(num_epochs)
+    global_batches = indices.batch(batch_size, drop_remainder=True)
+    start = process_index * local
+
+    def load(batch_indices):
+        rows = np.asarray(batch_indices)[start:start + local]
+        return collate([source[int(i)] for i in rows])
+
+    return global_batches.map(load)

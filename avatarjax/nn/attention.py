@@ -1,0 +1,106 @@
+"""The one attention entry point, and a multi-head attention module (GQA, RoPE, QK-norm, self or cross).
+
+``attend`` wraps ``jax.nn.dot_product_attention`` so that every model gets the same kernel choice: ``xla`` (any
+backend), ``cudnn`` (fused flash attention on NVIDIA GPUs) or ``None`` (let JAX pick).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from avatarjax.nn.linear import Dense
+from avatarjax.nn.norms import RMSNorm
+from avatarjax.nn.rope import apply_rope
+from avatarjax.parallel.mesh import constrain
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
+           bias: jax.Array | None = None, implementation: str | None = "xla") -> jax.Array:
+    """Scaled dot-product attention.
+
+    q ``[batch, q_len, heads, head_dim]``; k, v ``[batch, kv_len, kv_heads, head_dim]`` with ``heads`` a multiple
+    of ``kv_heads`` (grouped-query attention); mask broadcastable to ``[batch, heads, q_len, kv_len]`` (True =
+    attend); returns ``[batch, q_len, heads, head_dim]``.
+    """
+    if implementation == "cudnn" and (mask is not None or bias is not None):
+        implementation = None  # cuDNN supports only causal / length masks; fall back to the XLA path
+    if q.dtype != k.dtype:
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal,
+                                        implementation=implementation)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention: x ``[batch, q_len, dim]`` (context ``[batch, kv_len, ctx_dim]`` for cross-attention)
+    -> ``[batch, q_len, dim]``.
+
+    ``qk_norm``: ``None``, ``"per_head"`` (RMSNorm over head_dim, Qwen3 style, before RoPE) or ``"across_heads"``
+    (RMSNorm over heads * head_dim, Wan style).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, num_kv_heads: int | None = None, head_dim: int | None = None,
+                 context_dim: int | None = None, qkv_bias: bool = False, out_bias: bool = False,
+                 qk_norm: str | None = None, norm_eps: float = 1e-6, implementation: str | None = "xla",
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        if num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        self.head_dim = head_dim or dim // num_heads
+        self.implementation = implementation
+        self.qk_norm = qk_norm
+        ctx = context_dim or dim
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = Dense(dim, (num_heads, self.head_dim), axes=("embed", "heads", "head_dim"), use_bias=qkv_bias, **kw)
+        self.k_proj = Dense(ctx, (self.num_kv_heads, self.head_dim), axes=("embed", "kv_heads", "head_dim"),
+                            use_bias=qkv_bias, **kw)
+        self.v_proj = Dense(ctx, (self.num_kv_heads, self.head_dim), axes=("embed", "kv_heads", "head_dim"),
+                            use_bias=qkv_bias, **kw)
+        self.o_proj = Dense((num_heads, self.head_dim), dim, axes=("heads", "head_dim", "embed"), use_bias=out_bias, **kw)
+        if qk_norm == "per_head":
+            self.q_norm = RMSNorm(self.head_dim, eps=norm_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(self.head_dim, eps=norm_eps, param_dtype=param_dtype)
+        elif qk_norm == "across_heads":
+            self.q_norm = RMSNorm(num_heads * self.head_dim, eps=norm_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(self.num_kv_heads * self.head_dim, eps=norm_eps, param_dtype=param_dtype)
+        elif qk_norm is None:
+            self.q_norm = self.k_norm = None
+        else:
+            raise ValueError(f"qk_norm must be None, 'per_head' or 'across_heads', got {qk_norm!r}")
+
+    def _norm(self, norm: RMSNorm | None, x: jax.Array) -> jax.Array:
+        if norm is None:
+            return x
+        if self.qk_norm == "per_head":
+            return norm(x)
+        b, t, h, d = x.shape
+        return norm(x.reshape(b, t, h * d)).reshape(b, t, h, d)
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, rope: tuple[jax.Array, jax.Array] | None = None,
+                 causal: bool = False, mask: jax.Array | None = None) -> jax.Array:
+        ctx = x if context is None else context
+        q = self._norm(self.q_norm, self.q_proj(x))
+        k = self._norm(self.k_norm, self.k_proj(ctx))
+        v = self.v_proj(ctx)
+        if rope is not None:
+            q = apply_rope(q, *rope)
+            if context is None:
+                k = apply_rope(k, *rope)
+        q = constrain(q, ("batch", "length", "act_heads", "act_head_dim"))
+        k = constrain(k, ("batch", "kv_length", "act_kv_heads", "act_head_dim"))
+        v = constrain(v, ("batch", "kv_length", "act_kv_heads", "act_head_dim"))
+        out = attend(q, k, v, causal=causal, mask=mask, implementation=self.implementation)
+        return self.o_proj(out)
+
+    def flops(self, batch: int, q_len: int, kv_len: int, dim: int, ctx_dim: int | None = None,
+              causal: bool = False) -> float:
+        """Forward FLOPs (2 per multiply-add) of projections and the attention matmuls."""
+        ctx_dim = ctx_dim or dim
+        hd = self.head_dim
+        proj = 2 * batch * (q_len * dim * self.num_heads * hd * 2 + kv_len * ctx_dim * self.num_kv_heads * hd * 2)
+        scores = 2 * 2 * batch * self.num_heads * q_len * kv_len * hd
+        if causal:
+            scores /= 2
+        return float(proj + scores)

@@ -1,0 +1,1 @@
+"""Meshes, logical-axis sharding rules and multi-host initialisation."""

@@ -1,0 +1,1 @@
+"""Analytic FLOPs, peak throughput by device kind, MFU, traces."""

@@ -1,0 +1,67 @@
+"""Registries of tasks, datasets, converters and benchmarks, by name.
+
+Entries are registered as ``"module.path:attribute"`` strings and imported only when used, so the CLI stays fast
+and later issues plug in new systems by adding one line here (or calling ``register`` from their own module)
+without touching the CLI or the trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from avatarjax.errors import AvatarError, did_you_mean
+
+
+class Registry:
+    """A name -> object map whose objects may be lazy ``"module:attr"`` import paths."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+
+    def register(self, name: str, target: Any | None = None) -> Any:
+        """Register ``target`` (an object or a ``"module:attr"`` string) under ``name``; usable as a decorator."""
+        if target is None:
+            def decorator(obj):
+                self._entries[name] = obj
+                return obj
+            return decorator
+        self._entries[name] = target
+        return target
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise AvatarError(f"unknown {self.kind} '{name}': {did_you_mean(name, self._entries)}")
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module_name, _, attr = entry.partition(":")
+            entry = getattr(importlib.import_module(module_name), attr)
+            self._entries[name] = entry
+        return entry
+
+
+# A task bundles what the trainer needs for one system: model config class, model builder, loss, data, FLOPs.
+TASKS = Registry("task")
+# Converters turn a local Hugging Face / official checkpoint directory into our Orbax format.
+CONVERTERS = Registry("converter")
+# Benchmarks are functions ``bench(args: list[str]) -> dict`` run by ``avatarjax bench NAME``.
+BENCHMARKS = Registry("benchmark")
+# Dataset preparers for ``avatarjax data NAME``.
+DATASETS = Registry("dataset")
+
+TASKS.register("lm", "avatarjax.train.objectives.lm:LM_TASK")
+BENCHMARKS.register("trainer", "avatarjax.train.bench:bench_trainer")
+BENCHMARKS.register("cpu_peak", "avatarjax.profiling.peak:bench_cpu_peak")
+DATASETS.register("text", "avatarjax.data.text:prepare_text_dataset")
+
+
+def lookup(registry: Registry, name: str) -> Callable[..., Any] | Any:
+    return registry.get(name)

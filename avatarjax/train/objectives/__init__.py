@@ -1,0 +1,1 @@
+"""Per-system objectives: the only place in train/ that names a system."""
