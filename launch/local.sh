@@ -15,9 +15,12 @@
 # The script waits for all processes. When one exits non-zero the others get
 # SIGTERM (then SIGKILL after LAUNCH_KILL_GRACE seconds) and the script exits
 # with the status of the first failure; otherwise it exits 0.
-# SIGTERM/SIGINT/SIGHUP sent to this script are passed on to every process as
-# SIGTERM, so avatarjax saves a checkpoint and stops (background processes of a
-# script ignore SIGINT, hence the translation). A second signal sends SIGKILL.
+# SIGTERM/SIGINT/SIGHUP sent to this script (Ctrl-C included) are passed on to
+# every process as SIGTERM, the signal on which avatarjax saves a checkpoint and
+# stops; the script then waits for them and exits with their status. A second
+# signal sends SIGKILL. Each process runs in its own process group; SIGKILL
+# goes to the whole group, and helpers a process leaves behind are killed once
+# it has exited.
 #
 # Environment knobs (all optional):
 #   AVATARJAX_BIN               program to run (default: <repo>/.venv/bin/avatarjax
@@ -125,12 +128,15 @@ s.close()
 ') || die "could not pick a free port with $python"
 fi
 
-# Line-buffered prefixing: GNU sed has -u; otherwise awk with fflush().
-if sed -u -e '' </dev/null >/dev/null 2>&1; then
-  prefix_lines() { sed -u -e "s/^/[p$1] /"; }
-else
-  prefix_lines() { awk -v p="[p$1] " '{ print p $0; fflush() }'; }
+# Prefix filter: awk with fflush() after every line (awk also ends a last,
+# unterminated line with a newline, so lines of different processes never get
+# glued together). mawk block-buffers its input unless told otherwise.
+awk_opts=()
+awk_version=$(awk -W version 2>&1 </dev/null || true)
+if [[ $awk_version == *mawk* ]]; then
+  awk_opts=(-W interactive)
 fi
+prefix_lines() { awk ${awk_opts[@]+"${awk_opts[@]}"} -v p="[p$1] " '{ print p $0; fflush() }'; }
 
 # ---------------------------------------------------------------- state
 pids=()        # avatarjax process ids, index = process id
@@ -145,11 +151,25 @@ killed=0
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/avatarjax-local.XXXXXX")
 
 signal_all() { # signal name; skips processes already reaped
+  # SIGTERM goes to the avatarjax processes themselves (as Kubernetes does), so
+  # that their helpers (data loader workers, ...) stay up while they save a
+  # checkpoint. SIGKILL goes to each one's whole process group.
   local i
   for ((i = 0; i < ${#pids[@]}; i++)); do
     if ((alive[i])); then
-      kill -s "$1" "${pids[i]}" 2>/dev/null || true
+      if [[ $1 == KILL ]]; then
+        kill -s KILL -- "-${pids[i]}" 2>/dev/null || kill -s KILL "${pids[i]}" 2>/dev/null || true
+      else
+        kill -s "$1" "${pids[i]}" 2>/dev/null || true
+      fi
     fi
+  done
+}
+
+kill_groups() { # SIGKILL every process group we started, reaped leaders included
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -s KILL -- "-$pid" 2>/dev/null || true
   done
 }
 
@@ -181,7 +201,7 @@ cleanup() {
   # Only does something when we leave early (an error in this script):
   # make sure no process outlives the launcher.
   if ((remaining > 0)); then
-    signal_all KILL
+    kill_groups
   fi
   rm -rf -- "$tmp"
 }
@@ -212,10 +232,15 @@ for ((i = 0; i < nproc; i++)); do
   fi
   fifo=$tmp/p$i
   mkfifo "$fifo"
+  # The filter stays in our process group (it keeps the terminal); the
+  # avatarjax process gets a group of its own (set -m) so that it and any
+  # helpers it forks can be killed together.
   prefix_lines "$i" <"$fifo" &
   filters+=("$!")
-  env "${env_i[@]}" "$bin" "$@" >"$fifo" 2>&1 &
+  set -m
+  env "${env_i[@]}" "$bin" "$@" <"/dev/null" >"$fifo" 2>&1 &
   pids+=("$!")
+  set +m
   alive+=(1)
   remaining=$((remaining + 1))
 done
@@ -251,9 +276,19 @@ while ((remaining > 0)); do
   fi
 done
 
-# Let the prefix filters drain the last lines.
-for f in "${filters[@]}"; do
-  wait "$f" || true
+# Let the prefix filters print the last lines. A filter only ends when every
+# writer is gone, so if a process left helpers behind that still hold its
+# output open, give them a few seconds and then kill them.
+drain_until=$((SECONDS + 5))
+for ((i = 0; i < ${#filters[@]}; i++)); do
+  while kill -0 "${filters[i]}" 2>/dev/null && ((SECONDS < drain_until)); do
+    sleep 0.1
+  done
+  if kill -0 "${filters[i]}" 2>/dev/null; then
+    say "process $i left child processes behind; killing them"
+    kill -s KILL -- "-${pids[i]}" 2>/dev/null || true
+  fi
+  wait "${filters[i]}" || true
 done
 
 if ((first_rc != 0)); then

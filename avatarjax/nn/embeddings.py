@@ -15,7 +15,7 @@ class Embed(nnx.Module):
     def __init__(self, vocab: int, dim: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.dtype = dtype
         init = nnx.initializers.normal(stddev=1.0 / math.sqrt(dim))
-        self.embedding = nnx.Param(init(rngs.params(), (vocab, dim), param_dtype), sharding=("vocab", "embed"))
+        self.embedding = nnx.Param(init(rngs.params(), (vocab, dim), param_dtype), out_sharding=("vocab", "embed"))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         table = self.embedding[...]

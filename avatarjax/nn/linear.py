@@ -43,10 +43,10 @@ class Dense(nnx.Module):
         self.dtype = dtype
         kernel_init = kernel_init or default_kernel_init(math.prod(self.in_shape))
         self.kernel = nnx.Param(kernel_init(rngs.params(), self.in_shape + self.out_shape, param_dtype),
-                                sharding=tuple(axes))
+                                out_sharding=tuple(axes))
         if use_bias:
             out_axes = tuple(axes[len(self.in_shape):])
-            self.bias = nnx.Param(bias_init(rngs.params(), self.out_shape, param_dtype), sharding=out_axes)
+            self.bias = nnx.Param(bias_init(rngs.params(), self.out_shape, param_dtype), out_sharding=out_axes)
         else:
             self.bias = None
 

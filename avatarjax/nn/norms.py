@@ -13,7 +13,7 @@ class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float = 1e-6, axis_name: str = "norm", param_dtype=jnp.float32,
                  rngs: nnx.Rngs | None = None):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding=(axis_name,))
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(axis_name,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
@@ -27,8 +27,8 @@ class LayerNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
                  axis_name: str = "norm", param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding=(axis_name,)) if use_scale else None
-        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), sharding=(axis_name,)) if use_bias else None
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(axis_name,)) if use_scale else None
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), out_sharding=(axis_name,)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)

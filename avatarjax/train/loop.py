@@ -41,6 +41,7 @@ class TrainResult:
     preempted: bool
     last_metrics: dict[str, float]
     losses: dict[int, float]  # loss of every step this run executed (for tests and benchmarks)
+    step_end_times: list[float]  # perf_counter after each step's host work (the loop's own timing)
 
 
 class _Preemption:
@@ -132,7 +133,8 @@ class Trainer:
         return state
 
     # -- the loop ------------------------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
+    def run(self, stop_at: int | None = None) -> TrainResult:
+        """Train to ``train.steps`` (or stop, saving a checkpoint, once ``stop_at`` steps are done)."""
         cfg = self.cfg
         self.workdir.mkdir(parents=True, exist_ok=True)
         iterator = self.make_iterator("train")
@@ -146,6 +148,7 @@ class Trainer:
         bar = tqdm(total=cfg.train.steps, initial=start, disable=not (cfg.log.progress and self.primary),
                    desc=f"train {cfg.task}", dynamic_ncols=True)
         losses: dict[int, float] = {}
+        step_end_times: list[float] = []
         last: dict[str, float] = {}
         pending: tuple[int, Any] | None = None  # (step, device metrics) not yet checked on the host
         tracing = False
@@ -184,7 +187,8 @@ class Trainer:
 
                     log_now = step % cfg.log.every == 0 or step == cfg.train.steps
                     save_now = step % cfg.checkpoint.every == 0 or step == cfg.train.steps
-                    stop_now = preemption.requested or self._agreed_preemption(step)
+                    stop_now = (preemption.requested or self._agreed_preemption(step)
+                                or (stop_at is not None and step >= stop_at and step < cfg.train.steps))
                     if log_now or save_now or stop_now:
                         last = check(*pending)  # never save or log an unchecked state
                         pending = None
@@ -203,11 +207,15 @@ class Trainer:
                     if save_now or stop_now:
                         self.checkpoints.save(step, state, data_iterator=iterator, config=cfg.to_dict())
                     bar.update(1)
+                    step_end_times.append(time.perf_counter())
                     if stop_now:
                         preempted = True
                         break
                 if pending is not None:
                     last = check(*pending)
+                self.checkpoints.wait()
+                if step_end_times:
+                    step_end_times[-1] = time.perf_counter()  # the tail includes finishing async saves
         finally:
             if tracing:
                 jax.profiler.stop_trace()
@@ -215,7 +223,8 @@ class Trainer:
             writer.close()
             self.checkpoints.close()
         self.state = state
-        return TrainResult(step=step, preempted=preempted, last_metrics=last, losses=losses)
+        return TrainResult(step=step, preempted=preempted, last_metrics=last, losses=losses,
+                           step_end_times=step_end_times)
 
     def _agreed_preemption(self, step: int) -> bool:
         """Orbax's multi-host preemption sync point (true on every process at the same step)."""

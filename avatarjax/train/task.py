@@ -41,3 +41,5 @@ class Task:
     flops_per_example: Callable[[Any], float]
     example_batch: Callable[[Any, int], Batch]
     sample_config: type | None = None
+    # sample(trainer, state, out_dir, args) -> dict: run the task's sampler from a restored state (CLI `sample`).
+    sample: Callable[..., dict] | None = None

@@ -46,5 +46,56 @@ def example_batch(cfg, batch_size: int):
     return {"tokens": rng.integers(0, cfg.model.vocab_size, (batch_size, cfg.data.seq_len + 1), dtype=np.int32)}
 
 
+def generate(model: DecoderLM, prompt: jax.Array, num_tokens: int, key: jax.Array, temperature: float) -> jax.Array:
+    """Extend ``prompt`` ``[batch, p]`` by ``num_tokens`` sampled tokens, all in one ``lax.scan``.
+
+    The whole ``[batch, p + num_tokens]`` buffer is re-run each step (causal attention makes later slots
+    irrelevant), which keeps shapes static; fine for the short byte-level demo.
+    """
+    batch, plen = prompt.shape
+    buffer = jnp.concatenate([prompt, jnp.zeros((batch, num_tokens), prompt.dtype)], axis=1)
+
+    def step(carry, i):
+        buf, key = carry
+        key, sub = jax.random.split(key)
+        logits = model(buf)[:, plen + i - 1]
+        if temperature > 0:
+            token = jax.random.categorical(sub, logits / temperature)
+        else:
+            token = jnp.argmax(logits, -1)
+        buf = jax.lax.dynamic_update_slice(buf, token[:, None].astype(buf.dtype), (0, plen + i))
+        return (buf, key), None
+
+    (buffer, _), _ = jax.lax.scan(step, (buffer, key), jnp.arange(num_tokens))
+    return buffer
+
+
+def sample(trainer, state, out_dir, args: list[str]) -> dict:
+    """``avatarjax sample ... -- --prompt TEXT --tokens N --temperature T``: write generated text."""
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="avatarjax sample (lm)")
+    p.add_argument("--prompt", default="def ")
+    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    ns = p.parse_args(args)
+    prompt = np.frombuffer(ns.prompt.encode("utf-8"), np.uint8).astype(np.int32)[None]
+    if prompt.shape[1] == 0:
+        from avatarjax.errors import AvatarError
+
+        raise AvatarError("the prompt is empty: pass --prompt with at least one character")
+    model = nnx.merge(trainer.graphdef, state.params, state.rest)
+    gen = nnx.jit(generate, static_argnums=(2, 4))
+    tokens = np.asarray(gen(model, jnp.asarray(prompt), ns.tokens, jax.random.key(trainer.cfg.seed), ns.temperature))
+    text_out = bytes(tokens[0].astype(np.uint8).tolist()).decode("utf-8", errors="replace")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"lm_step{int(state.step)}.txt"
+    path.write_text(text_out)
+    return {"step": int(state.step), "output": str(path.absolute()), "text": text_out}
+
+
 LM_TASK = Task(name="lm", model_config=DecoderLMConfig, data_config=text.TextDataConfig, build_model=build_model,
-               loss=loss, dataset=dataset, flops_per_example=flops_per_example, example_batch=example_batch)
+               loss=loss, dataset=dataset, flops_per_example=flops_per_example, example_batch=example_batch,
+               sample=sample)

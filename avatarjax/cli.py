@@ -1,0 +1,174 @@
+"""The ``avatarjax`` command: train | sample | eval | data | convert | bench | profile.
+
+Every command that takes a config accepts ``--config FILE.py`` and any number of ``--config.a.b=value``
+overrides. Errors the user can fix print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from avatarjax.errors import AvatarError
+
+COMMANDS = ("train", "sample", "eval", "data", "convert", "bench", "profile")
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate ``--config.a.b=v`` (or ``--config.a.b v``) overrides from the other arguments."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            if "=" not in arg and i + 1 < len(argv):
+                arg = f"{arg}={argv[i + 1]}"
+                i += 1
+            overrides.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _config_parser(prog: str, workdir_required: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"avatarjax {prog}")
+    p.add_argument("--config", required=True, help="configs/<system>/<variant>.py")
+    p.add_argument("--workdir", required=workdir_required, help="run directory (checkpoints, metrics, tb)")
+    return p
+
+
+def _load(ns, overrides):
+    from avatarjax.config import load_config
+
+    return load_config(ns.config, overrides)
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_train(argv: list[str]) -> int:
+    args, overrides = _split_overrides(argv)
+    ns = _config_parser("train").parse_args(args)
+    cfg = _load(ns, overrides)
+    from avatarjax.train.loop import PREEMPTED_EXIT_CODE, Trainer
+
+    trainer = Trainer(cfg, ns.workdir)
+    result = trainer.run()
+    if trainer.primary:
+        where = Path(ns.workdir).absolute()
+        status = "preempted; checkpoint saved, rerun to resume" if result.preempted else "done"
+        print(f"train {status} at step {result.step}: loss {result.last_metrics.get('loss', float('nan')):.4f}")
+        print(f"workdir: {where}  (checkpoints/, metrics.jsonl, tb/, config.json)")
+    return PREEMPTED_EXIT_CODE if result.preempted else 0
+
+
+def _restored_trainer(ns, overrides):
+    from avatarjax.train.loop import Trainer
+
+    cfg = _load(ns, overrides)
+    trainer = Trainer(cfg, ns.workdir)
+    if trainer.checkpoints.latest_step() is None:
+        raise AvatarError(f"no checkpoint in '{Path(ns.workdir) / 'checkpoints'}': run avatarjax train with this "
+                          "--workdir first")
+    state = trainer.restore_or_init(None)
+    return trainer, state
+
+
+def cmd_eval(argv: list[str]) -> int:
+    args, overrides = _split_overrides(argv)
+    p = _config_parser("eval")
+    p.add_argument("--batches", type=int, default=None)
+    ns = p.parse_args(args)
+    trainer, state = _restored_trainer(ns, overrides)
+    metrics = trainer.evaluate(state, ns.batches)
+    trainer.checkpoints.close()
+    _print({"step": int(state.step), **metrics})
+    return 0
+
+
+def cmd_sample(argv: list[str]) -> int:
+    args, overrides = _split_overrides(argv)
+    p = _config_parser("sample")
+    p.add_argument("--out", default=None, help="where to write the output (default: WORKDIR/samples)")
+    p.add_argument("task_args", nargs=argparse.REMAINDER, help="task-specific sampling options after --")
+    ns = p.parse_args(args)
+    trainer, state = _restored_trainer(ns, overrides)
+    trainer.checkpoints.close()
+    sample = getattr(trainer.task, "sample", None)
+    if sample is None:
+        raise AvatarError(f"task '{trainer.cfg.task}' has no sampler")
+    out = Path(ns.out or Path(ns.workdir) / "samples")
+    task_args = [a for a in ns.task_args if a != "--"]
+    with trainer._context():
+        result = sample(trainer, state, out, task_args)
+    _print(result)
+    return 0
+
+
+def cmd_profile(argv: list[str]) -> int:
+    args, overrides = _split_overrides(argv)
+    p = _config_parser("profile", workdir_required=False)
+    p.add_argument("--steps", type=int, default=5, help="timed steps after compilation")
+    p.add_argument("--trace_dir", default=None, help="write a jax.profiler trace of the timed steps here")
+    ns = p.parse_args(args)
+    cfg = _load(ns, overrides)
+    from avatarjax.profiling.report import profile_train_step
+
+    _print(profile_train_step(cfg, steps=ns.steps, trace_dir=ns.trace_dir))
+    return 0
+
+
+def cmd_registry(kind: str, argv: list[str]) -> int:
+    from avatarjax import registry
+
+    reg = {"data": registry.DATASETS, "convert": registry.CONVERTERS, "bench": registry.BENCHMARKS}[kind]
+    if not argv or argv[0] in ("-h", "--help"):
+        names = ", ".join(reg.names()) or "none registered yet"
+        print(f"usage: avatarjax {kind} NAME [options]\navailable: {names}")
+        return 0 if argv else 2
+    fn = reg.get(argv[0])
+    result = fn(argv[1:])
+    if result is not None:
+        _print(result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: avatarjax {" + ",".join(COMMANDS) + "} --config FILE.py [--config.key=value ...] [...]")
+        if argv and argv[0] not in ("-h", "--help"):
+            from avatarjax.errors import did_you_mean
+
+            print(f"error: unknown command '{argv[0]}': {did_you_mean(argv[0], COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        from avatarjax.parallel import distributed
+
+        distributed.initialize()
+        if command == "train":
+            return cmd_train(rest)
+        if command == "eval":
+            return cmd_eval(rest)
+        if command == "sample":
+            return cmd_sample(rest)
+        if command == "profile":
+            return cmd_profile(rest)
+        return cmd_registry(command, rest)
+    except AvatarError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
