@@ -68,7 +68,7 @@ def make_train_step(cfg: Config, task: Task, graphdef: Any, tx: optax.GradientTr
             loss = loss / accum
             metrics = jax.tree.map(lambda m: m / accum, metrics)
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
