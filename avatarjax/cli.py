@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -68,14 +67,20 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def _restored_trainer(ns, overrides):
+    """A Trainer and the state of the checkpoint asked for; the caller closes ``trainer.checkpoints``."""
+    from avatarjax.checkpoint.manager import saved_steps
     from avatarjax.train.loop import Trainer
 
     cfg = _load(ns, overrides)
+    directory = Path(ns.workdir) / "checkpoints"
+    if not saved_steps(directory):
+        raise AvatarError(f"no checkpoint in '{directory}': run avatarjax train with this --workdir first")
     trainer = Trainer(cfg, ns.workdir)
-    if trainer.checkpoints.latest_step() is None:
-        raise AvatarError(f"no checkpoint in '{Path(ns.workdir) / 'checkpoints'}': run avatarjax train with this "
-                          "--workdir first")
-    state = trainer.restore_or_init(None)
+    try:
+        state = trainer.restore_or_init(None)
+    except BaseException:
+        trainer.checkpoints.close()
+        raise
     return trainer, state
 
 
@@ -85,8 +90,10 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("--batches", type=int, default=None)
     ns = p.parse_args(args)
     trainer, state = _restored_trainer(ns, overrides)
-    metrics = trainer.evaluate(state, ns.batches)
-    trainer.checkpoints.close()
+    try:
+        metrics = trainer.evaluate(state, ns.batches)
+    finally:
+        trainer.checkpoints.close()
     _print({"step": int(state.step), **metrics})
     return 0
 

@@ -147,6 +147,7 @@ first_rc=0     # exit status of the first process that failed
 stopping=0     # 1 once SIGTERM went out to the processes
 kill_at=-1     # $SECONDS value at which survivors get SIGKILL (-1: none)
 killed=0
+got_signal=""  # name of the signal that asked us to stop
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/avatarjax-local.XXXXXX")
 
@@ -192,6 +193,7 @@ on_signal() { # signal name
     signal_all KILL
     killed=1
   else
+    got_signal=$1
     stop_all "got SIG$1"
   fi
   trap "on_signal $1" "$1"
@@ -291,7 +293,13 @@ for ((i = 0; i < ${#filters[@]}; i++)); do
   wait "${filters[i]}" || true
 done
 
-if ((first_rc != 0)); then
+if [[ -n $got_signal ]]; then
+  if ((first_rc == 143)); then
+    say "stopped on SIG$got_signal; exit status 143 (what avatarjax train returns after its preemption checkpoint)"
+  else
+    say "stopped on SIG$got_signal; exit status $first_rc"
+  fi
+elif ((first_rc != 0)); then
   say "failed (first failure status $first_rc)"
 else
   say "all $nproc process(es) finished"

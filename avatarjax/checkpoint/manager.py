@@ -8,7 +8,6 @@ refused with a message naming the step and the way out; nothing is deleted or ov
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +92,16 @@ class CheckpointManager:
             raise CheckpointError(f"config of checkpoint step {step} at '{path}' cannot be read: {err}") from err
 
 
+def saved_steps(directory: str | Path) -> list[int]:
+    """Finished checkpoint steps in ``directory`` without opening a manager (Orbax writes unfinished saves under
+    temporary names, so only plain integer names count)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying the target shardings (for restoring onto a new mesh)."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

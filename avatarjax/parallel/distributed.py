@@ -2,7 +2,7 @@
 
 Order of precedence: explicit arguments, then ``AVATARJAX_COORDINATOR_ADDRESS`` / ``AVATARJAX_NUM_PROCESSES`` /
 ``AVATARJAX_PROCESS_ID`` (set by ``launch/local.sh``), then cluster auto-detection (SLURM, multi-host TPU VMs and
-GKE), else a single process. On CPU, gloo collectives are selected so multi-process CPU runs work.
+GKE; ``AVATARJAX_DISTRIBUTED=auto`` forces JAX's own detection), else a single process. On CPU, gloo collectives are selected so multi-process CPU runs work.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ _initialized = False
 
 
 def _cluster_detected() -> bool:
+    if os.environ.get("AVATARJAX_DISTRIBUTED", "").lower() in ("1", "auto", "true"):
+        return True  # e.g. multi-host TPU VMs, whose topology JAX reads from the metadata server
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return True
     return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")

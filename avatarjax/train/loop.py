@@ -45,14 +45,19 @@ class TrainResult:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so the loop can save before exiting."""
+    """Turns SIGTERM into a flag the loop polls, so the loop can save before exiting.
+
+    Single-process only: in a multi-process run JAX's preemption sync manager owns SIGTERM and every process
+    learns of it at the same step through ``reached_preemption`` (a local flag could stop processes at different
+    steps and deadlock the collective save).
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -138,7 +143,11 @@ class Trainer:
         cfg = self.cfg
         self.workdir.mkdir(parents=True, exist_ok=True)
         iterator = self.make_iterator("train")
-        state = self.restore_or_init(iterator)
+        try:
+            state = self.restore_or_init(iterator)
+        except BaseException:
+            self.checkpoints.close()
+            raise
         start = int(jax.device_get(state.step))
         if self.primary:
             (self.workdir / "config.json").write_text(cfg.to_json())
