@@ -118,8 +118,9 @@ class Trainer:
 
     def init_state(self) -> state_lib.TrainState:
         with self._context():
-            init = jax.jit(self._init_fn, out_shardings=self.state_shardings)
-            return init(jax.random.key(self.cfg.seed))
+            seed = self.cfg.seed  # the key is made inside the jit: no host-to-device copy
+            init = jax.jit(lambda: self._init_fn(jax.random.key(seed)), out_shardings=self.state_shardings)
+            return init()
 
     def make_iterator(self, split: str = "train"):
         ds = self.task.dataset(self.cfg, split, jax.process_index(), jax.process_count())

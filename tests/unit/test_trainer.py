@@ -122,3 +122,12 @@ def test_profiler_trace_window(tmp_path):
     _trainer(tmp_path / "w", "--config.train.steps=4", "--config.profile.start_step=1",
              "--config.profile.num_steps=2").run()
     assert any((tmp_path / "w" / "profile").rglob("*.xplane.pb"))
+
+
+def test_loop_makes_no_implicit_host_device_transfers(tmp_path):
+    """Every host<->device copy in the loop is explicit (device_put / device_get), none by accident."""
+    trainer = _trainer(tmp_path / "w", "--config.train.steps=4", "--config.log.every=2",
+                       "--config.checkpoint.every=2")
+    with jax.transfer_guard("disallow"):
+        result = trainer.run()
+    assert result.step == 4
