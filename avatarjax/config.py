@@ -378,6 +378,23 @@ def apply_overrides(mapping: dict[str, Any], overrides: Sequence[tuple[str, str]
     return mapping
 
 
+def dataclass_from_overrides(cls: type, overrides: Sequence[str], prefix: str = "config") -> Any:
+    """Build a flat-or-nested dataclass from ``--config.key=value`` strings, with nearest-key errors."""
+    valid = _schema_paths(cls, "")
+    mapping: dict[str, Any] = {}
+    for key, text in parse_overrides(overrides):
+        if key not in valid:
+            best = nearest(key, valid)
+            hint = f"the nearest valid key is '{prefix}.{best}'" if best else "valid keys: " + ", ".join(valid)
+            raise ConfigError(f"unknown config key '{prefix}.{key}': {hint}")
+        node = mapping
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(text, valid[key])
+    return _build(cls, mapping, prefix)
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Load a config file, apply ``--config.a.b=value`` overrides and validate it."""
     mapping = _load_file(path)

@@ -14,10 +14,28 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_LM = str(REPO / "configs" / "lm" / "synthface_tiny.py")
 
 
+def fixed_corpus() -> str:
+    """A deterministic text corpus for tests (the LM's default corpus is the package source, which changes)."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / "avatarjax_test_corpus_v1.txt"
+    if not path.exists():
+        import random
+
+        rng = random.Random(1234)
+        words = ["face", "eye", "brow", "blink", "gaze", "smile", "head", "nod", "audio", "frame", "talk", "listen"]
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) for _ in range(800)]
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(path)  # atomic: parallel test workers never see a partial file
+    return str(path)
+
+
 def tiny_config(*overrides: str):
     from avatarjax.config import load_config
 
-    return load_config(TINY_LM, ["--config.log.progress=false", "--config.log.tensorboard=false", *overrides])
+    return load_config(TINY_LM, ["--config.log.progress=false", "--config.log.tensorboard=false",
+                                 f"--config.data.path={fixed_corpus()}", *overrides])
 
 
 def make_mesh(cfg, num_devices: int):

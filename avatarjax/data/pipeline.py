@@ -21,11 +21,14 @@ def stack_records(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def batched(source: Any, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
             process_index: int = 0, process_count: int = 1,
+            transform: Callable[[Any, np.random.Generator], Any] | None = None,
             collate: Callable[[Sequence[Any]], Any] = stack_records) -> grain.MapDataset:
     """A map dataset of this process's share of each global batch.
 
-    ``source`` supports ``len`` and ``__getitem__`` (a grain RandomAccessDataSource). Partial final batches are
-    dropped; with ``num_epochs=None`` it repeats forever.
+    ``source`` supports ``len`` and ``__getitem__`` (a grain RandomAccessDataSource). ``transform(record, rng)``
+    runs per record with a generator seeded by (seed, global batch index, row in the global batch), so random
+    crops and instruction sampling are identical on 1 or N processes and after a resume. Partial final batches
+    are dropped; with ``num_epochs=None`` it repeats forever.
     """
     if batch_size % process_count:
         raise ValueError(f"batch size {batch_size} must divide by the process count {process_count}")
@@ -39,8 +42,14 @@ def batched(source: Any, *, batch_size: int, seed: int, shuffle: bool = True, nu
     global_batches = indices.batch(batch_size, drop_remainder=True)
     start = process_index * local
 
-    def load(batch_indices):
+    def load(batch_index, batch_indices):
         rows = np.asarray(batch_indices)[start:start + local]
-        return collate([source[int(i)] for i in rows])
+        records = []
+        for row, i in enumerate(rows):
+            record = source[int(i)]
+            if transform is not None:
+                record = transform(record, np.random.default_rng([seed, batch_index, start + row]))
+            records.append(record)
+        return collate(records)
 
-    return global_batches.map(load)
+    return global_batches.map_with_index(load)

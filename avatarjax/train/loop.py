@@ -124,7 +124,9 @@ class Trainer:
 
     def make_iterator(self, split: str = "train"):
         ds = self.task.dataset(self.cfg, split, jax.process_index(), jax.process_count())
-        return iter(ds.to_iter_dataset())
+        if hasattr(ds, "to_iter_dataset"):  # a MapDataset; an IterDataset (e.g. with prefetch) is used as is
+            ds = ds.to_iter_dataset()
+        return iter(ds)
 
     def restore_or_init(self, iterator) -> state_lib.TrainState:
         restore_step = self.cfg.checkpoint.restore_step

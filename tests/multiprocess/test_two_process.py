@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, TINY_LM, make_mesh, tiny_config
+from tests.conftest import REPO, TINY_LM, fixed_corpus, make_mesh, tiny_config
 
 STEPS = 4
 
@@ -23,7 +23,7 @@ def test_two_processes_match_one(tmp_path):
     from avatarjax.train.loop import Trainer
 
     common = [f"--config.train.steps={STEPS}", "--config.log.every=1", "--config.checkpoint.every=2",
-              "--config.log.progress=false", "--config.log.tensorboard=false"]
+              "--config.log.progress=false", "--config.log.tensorboard=false", f"--config.data.path={fixed_corpus()}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVATARJAX_")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["AVATARJAX_BIN"] = str(REPO / ".venv" / "bin" / "avatarjax") if (REPO / ".venv").exists() else "avatarjax"
