@@ -130,10 +130,34 @@ def cmd_profile(argv: list[str]) -> int:
     return 0
 
 
+DATA_ACTIONS = ("build", "preview", "info")
+
+
+def cmd_data(argv: list[str]) -> int:
+    """``avatarjax data ACTION NAME [options]``."""
+    from avatarjax import registry
+    from avatarjax.errors import did_you_mean
+
+    if len(argv) < 2 or argv[0] in ("-h", "--help"):
+        print(f"usage: avatarjax data {{{','.join(DATA_ACTIONS)}}} NAME [options]\n"
+              f"datasets: {', '.join(registry.DATASETS.names())}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    action, name = argv[0], argv[1]
+    if action not in DATA_ACTIONS:
+        raise AvatarError(f"unknown data action '{action}': {did_you_mean(action, DATA_ACTIONS)}")
+    fn = getattr(registry.DATASETS.get(name), action, None)
+    if fn is None:
+        raise AvatarError(f"dataset '{name}' has no '{action}' action")
+    result = fn(argv[2:])
+    if result is not None:
+        _print(result)
+    return 0
+
+
 def cmd_registry(kind: str, argv: list[str]) -> int:
     from avatarjax import registry
 
-    reg = {"data": registry.DATASETS, "convert": registry.CONVERTERS, "bench": registry.BENCHMARKS}[kind]
+    reg = {"convert": registry.CONVERTERS, "bench": registry.BENCHMARKS}[kind]
     if not argv or argv[0] in ("-h", "--help"):
         names = ", ".join(reg.names()) or "none registered yet"
         print(f"usage: avatarjax {kind} NAME [options]\navailable: {names}")
@@ -168,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sample(rest)
         if command == "profile":
             return cmd_profile(rest)
+        if command == "data":
+            return cmd_data(rest)
         return cmd_registry(command, rest)
     except AvatarError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,7 +8,6 @@ without touching the CLI or the trainer.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import Any
 
 from avatarjax.errors import AvatarError, did_you_mean
@@ -54,14 +53,12 @@ TASKS = Registry("task")
 CONVERTERS = Registry("converter")
 # Benchmarks are functions ``bench(args: list[str]) -> dict`` run by ``avatarjax bench NAME``.
 BENCHMARKS = Registry("benchmark")
-# Dataset preparers for ``avatarjax data NAME``.
+# Datasets for ``avatarjax data ACTION NAME``: objects with optional build / preview / info(argv) -> dict.
 DATASETS = Registry("dataset")
 
 TASKS.register("lm", "avatarjax.train.objectives.lm:LM_TASK")
 BENCHMARKS.register("trainer", "avatarjax.train.bench:bench_trainer")
 BENCHMARKS.register("cpu_peak", "avatarjax.profiling.peak:bench_cpu_peak")
-DATASETS.register("text", "avatarjax.data.text:prepare_text_dataset")
-
-
-def lookup(registry: Registry, name: str) -> Callable[..., Any] | Any:
-    return registry.get(name)
+DATASETS.register("text", "avatarjax.data.text:TEXT_COMMANDS")
+DATASETS.register("synthface", "avatarjax.data.synthface.commands:SYNTHFACE_COMMANDS")
+BENCHMARKS.register("data", "avatarjax.data.synthface.commands:bench_data")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarjax.data.commands import DatasetCommands
 from avatarjax.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".json")
@@ -62,13 +63,16 @@ def byte_windows(cfg: TextDataConfig, split: str) -> ByteWindows:
     return windows
 
 
-def prepare_text_dataset(args: list[str]) -> dict:
-    """``avatarjax data text --path DIR --seq_len N``: report what the corpus yields (windows per split)."""
+def text_info(args: list[str]) -> dict:
+    """``avatarjax data info text --path DIR --seq_len N``: what the corpus yields (windows per split)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="avatarjax data text")
+    parser = argparse.ArgumentParser(prog="avatarjax data info text")
     parser.add_argument("--path", default="")
     parser.add_argument("--seq_len", type=int, default=128)
     ns = parser.parse_args(args)
     cfg = TextDataConfig(path=ns.path, seq_len=ns.seq_len)
     return {split: len(byte_windows(cfg, split)) for split in ("train", "eval")}
+
+
+TEXT_COMMANDS = DatasetCommands(info=text_info)
