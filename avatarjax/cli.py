@@ -33,16 +33,20 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def _config_parser(prog: str, workdir_required: bool = True) -> argparse.ArgumentParser:
+def _config_parser(prog: str, workdir_required: bool = True, config_required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"avatarjax {prog}")
-    p.add_argument("--config", required=True, help="configs/<system>/<variant>.py")
+    p.add_argument("--config", required=config_required,
+                   help="configs/<system>/<variant>.py" + ("" if config_required else
+                                                           " (default: the run's WORKDIR/config.json)"))
     p.add_argument("--workdir", required=workdir_required, help="run directory (checkpoints, metrics, tb)")
     return p
 
 
 def _load(ns, overrides):
-    from avatarjax.config import load_config
+    from avatarjax.config import load_config, load_workdir_config
 
+    if ns.config is None:
+        return load_workdir_config(ns.workdir, overrides)
     return load_config(ns.config, overrides)
 
 
@@ -86,7 +90,7 @@ def _restored_trainer(ns, overrides):
 
 def cmd_eval(argv: list[str]) -> int:
     args, overrides = _split_overrides(argv)
-    p = _config_parser("eval")
+    p = _config_parser("eval", config_required=False)
     p.add_argument("--batches", type=int, default=None)
     ns = p.parse_args(args)
     trainer, state = _restored_trainer(ns, overrides)
@@ -100,7 +104,7 @@ def cmd_eval(argv: list[str]) -> int:
 
 def cmd_sample(argv: list[str]) -> int:
     args, overrides = _split_overrides(argv)
-    p = _config_parser("sample")
+    p = _config_parser("sample", config_required=False)
     p.add_argument("--out", default=None, help="where to write the output (default: WORKDIR/samples)")
     p.add_argument("task_args", nargs=argparse.REMAINDER, help="task-specific sampling options after --")
     ns = p.parse_args(args)

@@ -402,6 +402,18 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(mapping)
 
 
+def load_workdir_config(workdir: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The config a training run saved in ``WORKDIR/config.json``, with overrides applied."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"'{path}' does not exist: pass --config FILE.py, or a --workdir of a training run")
+    try:
+        mapping = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"'{path}' is not valid JSON ({err}): pass --config FILE.py instead") from err
+    return config_from_dict(apply_overrides(mapping, parse_overrides(overrides)))
+
+
 def dtype_of(name: str):
     import jax.numpy as jnp
 

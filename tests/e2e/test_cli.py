@@ -30,7 +30,8 @@ def test_train_eval_sample_profile(tmp_path):
     ev = avatarjax("eval", "--config", TINY_LM, "--workdir", work, "--batches", "2")
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads(ev.stdout)["step"] == 4
-    sample = avatarjax("sample", "--config", TINY_LM, "--workdir", work, "--", "--prompt", "import ", "--tokens", "16")
+    # sample needs no --config: the run's config.json is used
+    sample = avatarjax("sample", "--workdir", work, "--", "--prompt", "import ", "--tokens", "16")
     assert sample.returncode == 0, sample.stderr[-2000:]
     result = json.loads(sample.stdout)
     assert Path(result["output"]).read_text().startswith("import ")
