@@ -4,11 +4,17 @@ A face state is a float32 vector of ``NUM_CHANNELS`` per frame (25 fps):
 
 - ``CONTROL_CHANNELS`` (17): the CogPortrait control space, in this order:
   10 AU channels (eyebrow, eyelid, blink; intensities in [0, 1]; ``_l`` / ``_r`` = the subject's left / right),
-  4 gaze channels (non-negative magnitudes in [0, 1] of looking left / right / up / down; 1 = 30 degrees),
-  3 head-pose channels (yaw, pitch, roll in degrees; yaw > 0 turns to the subject's left, pitch > 0 looks up).
+  4 gaze channels (non-negative magnitudes in [0, 1] of looking left / right / up / down; 1 = 30 degrees;
+  eye-in-head angles: during a large gaze shift the head turns partway and the eyes counter-rotate),
+  3 head-pose channels (yaw, pitch, roll in degrees; yaw > 0 turns to the subject's left, pitch > 0 looks up,
+  roll > 0 tilts the top of the head toward the subject's left shoulder, clockwise in the image).
 - ``MOUTH_CHANNELS`` (4): jaw_open [0, 1], smile [-1, 1] (negative = lip-corner depressor, AU15), lip_stretch
   [0, 1] (AU20), pucker [0, 1] (AU18).
-- ``TRANSLATION_CHANNELS`` (3): head x, y (fractions of the frame size, 0 = centre) and depth (scale factor - 1).
+- ``TRANSLATION_CHANNELS`` (3): head x, y (fractions of the frame size, 0 = centre; y > 0 moves down, as image
+  rows do) and depth (scale factor - 1).
+
+Known limit: there is no one-sided mouth channel, so contempt's unilateral smile is approximated by a weak
+symmetric smile plus head pose.
 """
 
 from __future__ import annotations
