@@ -53,3 +53,11 @@ def batched(source: Any, *, batch_size: int, seed: int, shuffle: bool = True, nu
         return collate(records)
 
     return global_batches.map_with_index(load)
+
+
+def to_iter(ds: grain.MapDataset | grain.IterDataset, *, threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
+    """An iterable dataset with bounded read-ahead: ``threads`` loader threads and ``prefetch`` elements (here,
+    batches) in flight. grain's defaults (16 threads, 500 elements) would hold hundreds of batches of video."""
+    if isinstance(ds, grain.IterDataset):
+        return ds
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from avatarjax.checkpoint.manager import CheckpointManager, abstract_with_shardings
 from avatarjax.config import Config
+from avatarjax.data import pipeline
 from avatarjax.errors import AvatarError, TrainingAborted
 from avatarjax.parallel import mesh as mesh_lib
 from avatarjax.parallel import rules as rules_lib
@@ -124,9 +125,7 @@ class Trainer:
 
     def make_iterator(self, split: str = "train"):
         ds = self.task.dataset(self.cfg, split, jax.process_index(), jax.process_count())
-        if hasattr(ds, "to_iter_dataset"):  # a MapDataset; an IterDataset (e.g. with prefetch) is used as is
-            ds = ds.to_iter_dataset()
-        return iter(ds)
+        return iter(pipeline.to_iter(ds))  # a task's IterDataset (e.g. with worker prefetch) is used as is
 
     def restore_or_init(self, iterator) -> state_lib.TrainState:
         restore_step = self.cfg.checkpoint.restore_step

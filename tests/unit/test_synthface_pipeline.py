@@ -35,8 +35,7 @@ def test_splits_hold_disjoint_identities():
 
 
 def _batches(cfg, n, **kw):
-    ds = loader.dataset(cfg, split="train", batch_size=4, seed=1, **kw)
-    it = iter(ds.to_iter_dataset())
+    it = iter(loader.dataset(cfg, split="train", batch_size=4, seed=1, **kw))
     return [next(it) for _ in range(n)], it
 
 

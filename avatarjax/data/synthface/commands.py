@@ -108,9 +108,9 @@ SYNTHFACE_COMMANDS = DatasetCommands(build=build, preview=preview, info=info)
 def _loader_rate(data_cfg, batch_size: int, batches: int) -> float:
     from avatarjax.data.synthface.loader import dataset
 
-    ds = dataset(data_cfg, split="train", batch_size=batch_size, seed=0)
-    iterator = iter(ds.to_iter_dataset() if hasattr(ds, "to_iter_dataset") else ds)
-    next(iterator)  # start-up (worker spawn) is not throughput
+    iterator = iter(dataset(data_cfg, split="train", batch_size=batch_size, seed=0))
+    for _ in range(max(2, data_cfg.workers * data_cfg.prefetch)):  # start-up and buffer fill are not throughput
+        next(iterator)
     t0 = time.perf_counter()
     for _ in range(batches):
         next(iterator)

@@ -38,6 +38,8 @@ class SynthfaceDataConfig:
     frame_size: int = 64  # rendered frame size; 0 leaves frames out
     audio: bool = True
     workers: int = 0  # grain worker processes (0 = load in the training process)
+    threads: int = 2  # loader threads (in-process, or per worker)
+    prefetch: int = 4  # batches read ahead
 
     def world(self) -> WorldConfig:
         return WorldConfig(num_clips=self.num_clips, seed=self.world_seed, num_identities=self.num_identities,
@@ -91,7 +93,7 @@ def _frames(record: dict, start: int, cfg: SynthfaceDataConfig, state: np.ndarra
 
 def dataset(cfg: SynthfaceDataConfig, *, split: str, batch_size: int, seed: int, process_index: int = 0,
             process_count: int = 1, text_fn: Callable[[str], dict] | None = None,
-            num_epochs: int | None = None) -> grain.MapDataset | grain.IterDataset:
+            num_epochs: int | None = None) -> grain.IterDataset:
     """Batches of this process's rows; train windows are random crops, eval windows are centred."""
     train = split == "train"
     ds = pipeline.batched(
@@ -99,10 +101,12 @@ def dataset(cfg: SynthfaceDataConfig, *, split: str, batch_size: int, seed: int,
         num_epochs=num_epochs if num_epochs is not None or train else 1,
         process_index=process_index, process_count=process_count,
         transform=lambda record, rng: make_example(record, rng if train else None, cfg, text_fn))
+    iterable = pipeline.to_iter(ds, threads=cfg.threads, prefetch=cfg.prefetch)
     if cfg.workers > 0:
         _absl_flags_parsed()
-        return ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
-    return ds
+        options = grain.MultiprocessingOptions(num_workers=cfg.workers, per_worker_buffer_size=cfg.prefetch)
+        iterable = iterable.mp_prefetch(options)
+    return iterable
 
 
 def _absl_flags_parsed() -> None:
