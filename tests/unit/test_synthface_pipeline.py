@@ -129,3 +129,30 @@ def test_preview_writes_contact_sheets(tmp_path):
 
     image = cv2.imread(result["sheets"][0]["png"])
     assert image is not None and image.shape[0] >= 64
+
+
+def test_dyadic_sessions_export_in_react_layout(tmp_path):
+    import soundfile
+
+    from avatarjax.data.synthface import react
+    from avatarjax.data.synthface.react_export import build
+
+    result = build(["--out", str(tmp_path), "--config.num_sessions=2", "--config.num_frames=60",
+                    "--config.num_reactions=3"])
+    assert result["train"] + result["val"] == 2
+    index = json.loads((tmp_path / "index.json").read_text())
+    split = "train" if index["train"] else "val"
+    session = tmp_path / split / index[split][0]
+    coeffs = np.load(session / "speaker" / "3dmm.npy")
+    assert coeffs.shape == (60, 58)
+    attrs = np.loadtxt(session / "speaker" / "emotion.csv", delimiter=",", skiprows=1)
+    assert attrs.shape == (60, 25)
+    assert (session / "speaker" / "emotion.csv").read_text().splitlines()[0].split(",") == list(react.ATTRIBUTE_NAMES)
+    wav, sr = soundfile.read(session / "speaker" / "audio.wav")
+    assert sr == 16_000 and wav.shape == (60 * 640,)
+    reactions = sorted((session / "listener").iterdir())
+    assert len(reactions) == 3
+    state = np.load(reactions[0] / "state.npy")
+    np.testing.assert_allclose(np.load(reactions[0] / "3dmm.npy"), react.to_react_coefficients(state), atol=1e-6)
+    meta = json.loads((session / "meta.json").read_text())
+    assert len(meta["reaction_delays_frames"]) == 3

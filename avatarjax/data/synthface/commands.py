@@ -105,6 +105,15 @@ def info(argv: list[str]) -> dict:
 SYNTHFACE_COMMANDS = DatasetCommands(build=build, preview=preview, info=info)
 
 
+def _build_dyadic(argv: list[str]) -> dict:
+    from avatarjax.data.synthface.react_export import build as build_dyadic
+
+    return build_dyadic(argv)
+
+
+DYADIC_COMMANDS = DatasetCommands(build=_build_dyadic)
+
+
 def _loader_rate(data_cfg, batch_size: int, batches: int) -> float:
     from avatarjax.data.synthface.loader import dataset
 

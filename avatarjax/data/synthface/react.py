@@ -102,6 +102,8 @@ REACT_AUS = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU9", "AU10", "AU12", "AU14", "
 REACT_EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 REACT_TO_EMOTION = tuple(S.EMOTIONS.index(e) for e in
                          ("neutral", "happy", "sad", "surprised", "fear", "disgusted", "angry", "contempt"))
+#: Column names of the 25 attributes (the header of a REACT emotion CSV).
+ATTRIBUTE_NAMES = REACT_AUS + ("valence", "arousal") + REACT_EXPRESSIONS
 #: AUs we do not model -> {emotion: weight}; occurrence = (emotion_probs @ weights) >= 0.5 (FACS prototypes:
 #: disgust 9+10(+17), contempt 14, sadness 17, anger 23+24(+17)).
 UNMODELED_AUS: dict[str, dict[str, float]] = {
