@@ -166,8 +166,12 @@ def cmd_registry(kind: str, argv: list[str]) -> int:
         names = ", ".join(reg.names()) or "none registered yet"
         print(f"usage: avatarjax {kind} NAME [options]\navailable: {names}")
         return 0 if argv else 2
-    fn = reg.get(argv[0])
-    result = fn(argv[1:])
+    if kind == "convert":
+        from avatarjax.checkpoint.convert import convert_command
+
+        result = convert_command(argv[0], argv[1:])
+    else:
+        result = reg.get(argv[0])(argv[1:])
     if result is not None:
         _print(result)
     return 0

@@ -17,18 +17,21 @@ from avatarjax.parallel.mesh import constrain
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
-           bias: jax.Array | None = None, implementation: str | None = "xla") -> jax.Array:
+           bias: jax.Array | None = None, scale: float | None = None, implementation: str | None = "xla") -> jax.Array:
     """Scaled dot-product attention.
 
     q ``[batch, q_len, heads, head_dim]``; k, v ``[batch, kv_len, kv_heads, head_dim]`` with ``heads`` a multiple
     of ``kv_heads`` (grouped-query attention); mask broadcastable to ``[batch, heads, q_len, kv_len]`` (True =
-    attend); returns ``[batch, q_len, heads, head_dim]``.
+    attend); bias (added to the logits) broadcastable to the same; ``scale`` defaults to ``1/sqrt(head_dim)``
+    (T5 uses 1.0); returns ``[batch, q_len, heads, head_dim]``.
     """
     if implementation == "cudnn" and (mask is not None or bias is not None):
         implementation = None  # cuDNN supports only causal / length masks; fall back to the XLA path
     if q.dtype != k.dtype:
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal,
+    if bias is not None:
+        bias = bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal, scale=scale,
                                         implementation=implementation)
 
 
@@ -79,7 +82,8 @@ class Attention(nnx.Module):
         return norm(x.reshape(b, t, h * d)).reshape(b, t, h, d)
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None, *, rope: tuple[jax.Array, jax.Array] | None = None,
-                 causal: bool = False, mask: jax.Array | None = None) -> jax.Array:
+                 causal: bool = False, mask: jax.Array | None = None, bias: jax.Array | None = None,
+                 scale: float | None = None) -> jax.Array:
         ctx = x if context is None else context
         q = self._norm(self.q_norm, self.q_proj(x))
         k = self._norm(self.k_norm, self.k_proj(ctx))
@@ -91,7 +95,7 @@ class Attention(nnx.Module):
         q = constrain(q, ("batch", "length", "act_heads", "act_head_dim"))
         k = constrain(k, ("batch", "kv_length", "act_kv_heads", "act_head_dim"))
         v = constrain(v, ("batch", "kv_length", "act_kv_heads", "act_head_dim"))
-        out = attend(q, k, v, causal=causal, mask=mask, implementation=self.implementation)
+        out = attend(q, k, v, causal=causal, mask=mask, bias=bias, scale=scale, implementation=self.implementation)
         return self.o_proj(out)
 
     def flops(self, batch: int, q_len: int, kv_len: int, dim: int, ctx_dim: int | None = None,

@@ -1,0 +1,70 @@
+"""``avatarjax bench encoders``: each encoder's forward time against its PyTorch reference at the same small size,
+as a ratio measured in one run on this machine.
+
+Each encoder module defines ``benchmark_cases() -> list[BenchCase]``: two zero-argument callables computing the
+same output from the same weights and inputs (ours jitted, the reference in PyTorch eager, no grad), built on a
+tiny random checkpoint written with ``save_pretrained`` and converted with our converter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+ENCODER_MODULES = ("avatarjax.encoders.clip_text", "avatarjax.encoders.bert", "avatarjax.encoders.wav2vec2",
+                   "avatarjax.encoders.umt5", "avatarjax.encoders.qwen2")
+
+
+@dataclasses.dataclass
+class BenchCase:
+    name: str
+    ours: Callable[[], Any]
+    reference: Callable[[], Any]
+    note: str = ""
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile / warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_encoders(args: list[str]) -> dict:
+    p = argparse.ArgumentParser(prog="avatarjax bench encoders")
+    p.add_argument("--only", default="", help="comma-separated case names")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ns = p.parse_args(args)
+    import torch
+
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    only = {n for n in ns.only.split(",") if n}
+    results = {}
+    for module_name in ENCODER_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            results[module_name.rsplit(".", 1)[1]] = {"skipped": str(err)}
+            continue
+        for case in module.benchmark_cases():
+            if only and case.name not in only:
+                continue
+            with torch.inference_mode():
+                ref_s = _time(case.reference, ns.repeats)
+            ours_s = _time(case.ours, ns.repeats)
+            results[case.name] = {"ours_ms": ours_s * 1e3, "pytorch_ms": ref_s * 1e3,
+                                  "speedup_vs_pytorch": ref_s / ours_s, "note": case.note}
+    return {"device": str(jax.devices()[0]), "torch_threads": torch.get_num_threads(), "cases": results,
+            "goal": "speedup_vs_pytorch >= 1 for forwards; >= 2 for the Qwen2 decode step"}
