@@ -51,6 +51,11 @@ class Registry:
 TASKS = Registry("task")
 # Converters turn a local Hugging Face / official checkpoint directory into our Orbax format.
 CONVERTERS = Registry("converter")
+CONVERTERS.register("clip_text", "avatarjax.encoders.clip_text:CONVERTER")
+CONVERTERS.register("bert", "avatarjax.encoders.bert:CONVERTER")
+CONVERTERS.register("wav2vec2", "avatarjax.encoders.wav2vec2:CONVERTER")
+CONVERTERS.register("umt5", "avatarjax.encoders.umt5:CONVERTER")
+CONVERTERS.register("qwen2", "avatarjax.encoders.qwen2:CONVERTER")
 # Benchmarks are functions ``bench(args: list[str]) -> dict`` run by ``avatarjax bench NAME``.
 BENCHMARKS = Registry("benchmark")
 # Datasets for ``avatarjax data ACTION NAME``: objects with optional build / preview / info(argv) -> dict.
