@@ -47,7 +47,7 @@ def bench_trainer(args: list[str]) -> dict:
     overrides = list(overrides) + [f"--config.train.steps={total}", "--config.log.progress=false",
                                    "--config.eval.every=0"]
     cfg = load_config(ns.config, overrides)
-    bare, full = [], []
+    bare, full, data_wait = [], [], []
     for _ in range(ns.repeats):
         with tempfile.TemporaryDirectory() as workdir:
             trainer = Trainer(cfg, workdir)
@@ -55,6 +55,7 @@ def bench_trainer(args: list[str]) -> dict:
             result = trainer.run()
             times = result.step_end_times
             full.append((times[-1] - times[ns.warmup - 1]) / (len(times) - ns.warmup))
+            data_wait.append(result.data_wait_s / len(times))
     bare_s, full_s = statistics.median(bare), statistics.median(full)
     return {
         "config": ns.config,
@@ -68,4 +69,5 @@ def bench_trainer(args: list[str]) -> dict:
         "goal": "overhead_ratio < 0.03",
         "bare_runs_ms": [b * 1e3 for b in bare],
         "full_runs_ms": [f * 1e3 for f in full],
+        "data_wait_ms_per_step": [d * 1e3 for d in data_wait],
     }

@@ -43,6 +43,8 @@ class TrainResult:
     last_metrics: dict[str, float]
     losses: dict[int, float]  # loss of every step this run executed (for tests and benchmarks)
     step_end_times: list[float]  # perf_counter after each step's host work (the loop's own timing)
+    data_wait_s: float = 0.0  # time blocked on the data iterator
+    check_wait_s: float = 0.0  # time blocked fetching the previous step's metrics (device compute shows here)
 
 
 class _Preemption:
@@ -164,6 +166,7 @@ class Trainer:
         pending: tuple[int, Any] | None = None  # (step, device metrics) not yet checked on the host
         tracing = False
         interval_start, interval_steps = time.perf_counter(), 0
+        data_wait = check_wait = interval_data_wait = 0.0
         step = start
         preempted = False
 
@@ -183,13 +186,19 @@ class Trainer:
                     if cfg.profile.start_step == step:
                         jax.profiler.start_trace(str(self.workdir / "profile"))
                         tracing = True
-                    batch = mesh_lib.shard_batch(next(iterator), self.mesh, self.rules)
-                    state, metrics = self.train_step(state, batch)
+                    t0 = time.perf_counter()
+                    host_batch = next(iterator)
+                    t1 = time.perf_counter()
+                    data_wait += t1 - t0
+                    interval_data_wait += t1 - t0
+                    state, metrics = self.train_step(state, mesh_lib.shard_batch(host_batch, self.mesh, self.rules))
                     step += 1
                     interval_steps += 1
                     # Check the previous step's loss now that the next one is queued: no stall per step.
                     if pending is not None:
+                        t0 = time.perf_counter()
                         check(*pending)
+                        check_wait += time.perf_counter() - t0
                     pending = (step, metrics)
                     if tracing and step >= cfg.profile.start_step + cfg.profile.num_steps:
                         jax.block_until_ready(state)
@@ -207,7 +216,9 @@ class Trainer:
                         elapsed = time.perf_counter() - interval_start
                         steps_per_sec = interval_steps / max(elapsed, 1e-9)
                         tflops, util = peak.mfu(self.flops_per_step, 1.0 / steps_per_sec, num_devices, peak_tflops)
-                        last.update(steps_per_sec=steps_per_sec, tflops_per_device=tflops, mfu=util)
+                        last.update(steps_per_sec=steps_per_sec, tflops_per_device=tflops, mfu=util,
+                                    data_wait_frac=interval_data_wait / max(elapsed, 1e-9))
+                        interval_data_wait = 0.0
                         writer.write(step, last)
                         bar.set_postfix(loss=f"{last['loss']:.4f}", steps_s=f"{steps_per_sec:.2f}",
                                         tflops_dev=f"{tflops:.3g}", mfu=f"{util:.1%}", refresh=False)
@@ -235,7 +246,7 @@ class Trainer:
             self.checkpoints.close()
         self.state = state
         return TrainResult(step=step, preempted=preempted, last_metrics=last, losses=losses,
-                           step_end_times=step_end_times)
+                           step_end_times=step_end_times, data_wait_s=data_wait, check_wait_s=check_wait)
 
     def _agreed_preemption(self, step: int) -> bool:
         """Orbax's multi-host preemption sync point (true on every process at the same step)."""
