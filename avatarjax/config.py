@@ -340,6 +340,15 @@ def _parse_value(text: str, annotation: Any) -> Any:
         return text
 
 
+def _set_dotted(mapping: dict[str, Any], key: str, value: Any) -> None:
+    """``mapping['a']['b'] = value`` for ``key='a.b'``, creating sections as needed."""
+    node = mapping
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
 def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
     """``['--config.a.b=1', 'x.y=2']`` -> ``[('a.b', '1'), ('x.y', '2')]``."""
     out = []
@@ -370,11 +379,7 @@ def apply_overrides(mapping: dict[str, Any], overrides: Sequence[tuple[str, str]
             best = nearest(key, valid)
             hint = f"the nearest valid key is '{best}'" if best else "check the config file for valid keys"
             raise ConfigError(f"unknown config key '{key}': {hint}")
-        node = mapping
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(text, valid[key])
+        _set_dotted(mapping, key, _parse_value(text, valid[key]))
     return mapping
 
 
@@ -387,11 +392,7 @@ def dataclass_from_overrides(cls: type, overrides: Sequence[str], prefix: str = 
             best = nearest(key, valid)
             hint = f"the nearest valid key is '{prefix}.{best}'" if best else "valid keys: " + ", ".join(valid)
             raise ConfigError(f"unknown config key '{prefix}.{key}': {hint}")
-        node = mapping
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(text, valid[key])
+        _set_dotted(mapping, key, _parse_value(text, valid[key]))
     return _build(cls, mapping, prefix)
 
 

@@ -27,6 +27,7 @@ import soundfile
 from avatarjax.config import dataclass_from_overrides
 from avatarjax.data.synthface import identity as identity_lib, react
 from avatarjax.data.synthface.dyadic import generate_session
+from avatarjax.data.synthface.records import json_default
 from avatarjax.data.synthface.schema import SAMPLE_RATE
 
 
@@ -72,18 +73,10 @@ def export_sessions(out: str | Path, cfg: DyadicConfig) -> dict:
         meta = {"speaker_identity": speaker_id, "listener_identity": listener_id, "seed": session.seed,
                 "reaction_delays_frames": [int(d) for d in session.reaction_delays_frames],
                 "speaker_label": session.speaker.label, "pauses": session.pauses}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=_jsonable))
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=json_default))
         index[split].append(name)
     (out / "index.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **index}, indent=1))
     return {"out": str(out.absolute()), "train": len(index["train"]), "val": len(index["val"])}
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def build(argv: list[str]) -> dict:

@@ -68,7 +68,7 @@ def make_record(world: WorldConfig, index: int) -> dict:
         "intensity": np.int32(clip.intensity),
         "au_active": np.asarray(clip.au_active, bool),
         "instructions": json.dumps(list(clip.instructions)).encode(),
-        "events": json.dumps(clip.events, default=_jsonable).encode(),
+        "events": json.dumps(clip.events, default=json_default).encode(),
         "split": split.encode(),
     }
     if world.frame_size:
@@ -89,7 +89,8 @@ def audio_float(pcm: np.ndarray) -> np.ndarray:
     return np.asarray(pcm, np.float32) / 32767.0
 
 
-def _jsonable(value):
+def json_default(value):
+    """``json.dumps(..., default=json_default)``: numpy arrays and scalars as plain JSON values."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
