@@ -140,18 +140,48 @@ def load_into(model: nnx.Module, weights: dict[str, np.ndarray], *, what: str = 
         if tuple(value.shape) != tuple(var.shape):
             raise CheckpointError(f"parameter {path}: the {what} has shape {tuple(value.shape)}, the model expects "
                                   f"{tuple(var.shape)}: the config does not match the weights")
-        old = var[...]
-        sharding = getattr(old, "sharding", None)
-        new = jnp.asarray(value, dtype=old.dtype)
-        var[...] = jax.device_put(new, sharding) if sharding is not None else new
+        dtype = var.get_value().dtype  # the value may be abstract (ShapeDtypeStruct) before loading
+        var.set_value(jax.device_put(value.astype(dtype), _target_sharding(var)))
+
+
+def _target_sharding(var: nnx.Variable):
+    """Where a loaded parameter goes: its logical sharding under the active mesh and rules, else device 0."""
+    from flax.core import spmd as core_spmd
+
+    from avatarjax.parallel.mesh import logical_to_spec
+
+    mesh = jax.sharding.get_mesh()  # the concrete mesh of jax.set_mesh (device_put needs devices)
+    rules = core_spmd.get_logical_axis_rules()
+    logical = var.get_metadata().get("out_sharding")
+    if mesh is None or mesh.empty or not rules or not logical:
+        return None
+    return jax.sharding.NamedSharding(mesh, logical_to_spec(logical, rules))
+
+
+def build_abstract(converter: Converter, cfg: Any, *, dtype=jnp.float32, param_dtype=jnp.float32) -> nnx.Module:
+    """Our module with shapes only (no random init, no memory): loading then fills every parameter once, so the
+    peak is one copy of the weights. Built without eager sharding; ``load_into`` places arrays by the active
+    mesh and rules."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: converter.build(cfg, nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+
+
+def _check_materialised(model: nnx.Module, converter: Converter) -> None:
+    abstract = [("/".join(map(str, p))) for p, v in nnx.to_flat_state(nnx.state(model))
+                if isinstance(v.get_value(), jax.ShapeDtypeStruct)]
+    if abstract:
+        raise CheckpointError(f"converter '{converter.name}' left {abstract[:4]} without values: its model has "
+                              "state besides parameters that loading does not fill")
 
 
 def from_pretrained(converter: Converter, hf_dir: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32):
-    """(our model with the Hugging Face weights, our config), straight from a local directory."""
+    """(our model with the Hugging Face weights, our config), straight from a local directory. Under
+    ``jax.set_mesh`` + ``nnx.logical_axis_rules`` the parameters are placed sharded."""
     cfg = converter.config_from_hf(read_hf_config(hf_dir, converter))
     weights = converter.map_weights(read_safetensors(hf_dir, converter), cfg)
-    model = converter.build(cfg, nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+    model = build_abstract(converter, cfg, dtype=dtype, param_dtype=param_dtype)
     load_into(model, weights, what=f"checkpoint in '{hf_dir}'")
+    _check_materialised(model, converter)
     return model, cfg
 
 
@@ -194,15 +224,21 @@ def load_converted(out_dir: str | Path, *, dtype=jnp.float32, param_dtype=jnp.fl
     meta = json.loads(meta_path.read_text())
     converter: Converter = CONVERTERS.get(meta["converter"])
     cfg = converter.config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
-    model = converter.build(cfg, nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-    target = nnx.state(model, nnx.Param)
+    model = build_abstract(converter, cfg, dtype=dtype, param_dtype=param_dtype)
+    target = nnx.state(model, nnx.Param)  # abstract; give every leaf the sharding it should be restored onto
+    for _, var in nnx.to_flat_state(target):
+        sds = var.get_value()
+        sharding = _target_sharding(var) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        var.set_value(jax.ShapeDtypeStruct(sds.shape, sds.dtype, sharding=sharding))
     try:
         restored = ocp.StandardCheckpointer().restore(out_dir / "params", target)
     except Exception as err:
         raise CheckpointError(f"converted checkpoint '{out_dir}' cannot be restored ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200]}): convert it again") from err
     nnx.update(model, restored)
+    _check_materialised(model, converter)
     return model, cfg, meta["converter"]
+
 
 
 def convert_command(name: str, argv: list[str]) -> dict:

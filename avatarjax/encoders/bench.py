@@ -54,11 +54,11 @@ def bench_encoders(args: list[str]) -> dict:
     results = {}
     for module_name in ENCODER_MODULES:
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            results[module_name.rsplit(".", 1)[1]] = {"skipped": str(err)}
+            cases = importlib.import_module(module_name).benchmark_cases()
+        except Exception as err:  # one broken encoder must not hide the others' numbers
+            results[module_name.rsplit(".", 1)[1]] = {"error": f"{type(err).__name__}: {err}"}
             continue
-        for case in module.benchmark_cases():
+        for case in cases:
             if only and case.name not in only:
                 continue
             with torch.inference_mode():
