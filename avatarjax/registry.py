@@ -56,6 +56,7 @@ CONVERTERS.register("bert", "avatarjax.encoders.bert:CONVERTER")
 CONVERTERS.register("wav2vec2", "avatarjax.encoders.wav2vec2:CONVERTER")
 CONVERTERS.register("umt5", "avatarjax.encoders.umt5:CONVERTER")
 CONVERTERS.register("qwen2", "avatarjax.encoders.qwen2:CONVERTER")
+CONVERTERS.register("qwen3", "avatarjax.encoders.qwen2:CONVERTER")  # same code path: per-head QK-norm
 # Benchmarks are functions ``bench(args: list[str]) -> dict`` run by ``avatarjax bench NAME``.
 BENCHMARKS = Registry("benchmark")
 # Datasets for ``avatarjax data ACTION NAME``: objects with optional build / preview / info(argv) -> dict.

@@ -28,6 +28,8 @@ class BenchCase:
     ours: Callable[[], Any]
     reference: Callable[[], Any]
     note: str = ""
+    per: int = 1  # units per call (e.g. generated tokens), for a per-unit time
+    unit: str = "call"
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> float:
@@ -66,5 +68,8 @@ def bench_encoders(args: list[str]) -> dict:
             ours_s = _time(case.ours, ns.repeats)
             results[case.name] = {"ours_ms": ours_s * 1e3, "pytorch_ms": ref_s * 1e3,
                                   "speedup_vs_pytorch": ref_s / ours_s, "note": case.note}
+            if case.per > 1:
+                results[case.name].update({f"ours_ms_per_{case.unit}": ours_s * 1e3 / case.per,
+                                           f"pytorch_ms_per_{case.unit}": ref_s * 1e3 / case.per})
     return {"device": str(jax.devices()[0]), "torch_threads": torch.get_num_threads(), "cases": results,
             "goal": "speedup_vs_pytorch >= 1 for forwards; >= 2 for the Qwen2 decode step"}

@@ -2,6 +2,10 @@
 
 ``attend`` wraps ``jax.nn.dot_product_attention`` so that every model gets the same kernel choice: ``xla`` (any
 backend), ``cudnn`` (fused flash attention on NVIDIA GPUs) or ``None`` (let JAX pick).
+
+``Attention`` is used as ``attn(x, context=None, *, rope=, causal=, mask=, bias=, scale=)``; its pieces ``qkv`` and
+``output`` are public for callers that need the keys and values (a KV-cache prefill), and ``extend`` runs cached
+self-attention for decoding (new tokens' k/v written into a preallocated cache at per-row slots).
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, ma
         bias = bias.astype(q.dtype)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal, scale=scale,
                                         implementation=implementation)
+
+
+def write_slots(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """cache ``[batch, max_len, ...]`` with ``new`` ``[batch, n, ...]`` written at slots ``index[b] ..
+    index[b] + n - 1`` of each row (``index`` ``[batch]``). The caller keeps them below ``max_len`` (past it, a
+    single token is dropped and a block is shifted back to fit)."""
+    if new.shape[1] == 1:
+        return cache.at[jnp.arange(cache.shape[0]), index].set(new[:, 0])
+    start = (0,) * (cache.ndim - 2)
+    return jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i, *start)))(cache, new, index)
 
 
 class Attention(nnx.Module):
@@ -81,9 +95,10 @@ class Attention(nnx.Module):
         b, t, h, d = x.shape
         return norm(x.reshape(b, t, h * d)).reshape(b, t, h, d)
 
-    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, rope: tuple[jax.Array, jax.Array] | None = None,
-                 causal: bool = False, mask: jax.Array | None = None, bias: jax.Array | None = None,
-                 scale: float | None = None) -> jax.Array:
+    def qkv(self, x: jax.Array, context: jax.Array | None = None, *,
+            rope: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Projected (QK-normed, rotated) q ``[batch, q_len, heads, head_dim]`` and k, v
+        ``[batch, kv_len, kv_heads, head_dim]``. RoPE rotates k only for self-attention (``context`` None)."""
         ctx = x if context is None else context
         q = self._norm(self.q_norm, self.q_proj(x))
         k = self._norm(self.k_norm, self.k_proj(ctx))
@@ -95,8 +110,35 @@ class Attention(nnx.Module):
         q = constrain(q, ("batch", "length", "act_heads", "act_head_dim"))
         k = constrain(k, ("batch", "kv_length", "act_kv_heads", "act_head_dim"))
         v = constrain(v, ("batch", "kv_length", "act_kv_heads", "act_head_dim"))
+        return q, k, v
+
+    def output(self, q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
+               mask: jax.Array | None = None, bias: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+        """``o_proj(attend(q, k, v))`` -> ``[batch, q_len, dim]``."""
         out = attend(q, k, v, causal=causal, mask=mask, bias=bias, scale=scale, implementation=self.implementation)
         return self.o_proj(out)
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, rope: tuple[jax.Array, jax.Array] | None = None,
+                 causal: bool = False, mask: jax.Array | None = None, bias: jax.Array | None = None,
+                 scale: float | None = None) -> jax.Array:
+        q, k, v = self.qkv(x, context, rope=rope)
+        return self.output(q, k, v, causal=causal, mask=mask, bias=bias, scale=scale)
+
+    def extend(self, x: jax.Array, cache_k: jax.Array, cache_v: jax.Array, index: jax.Array, *,
+               rope: tuple[jax.Array, jax.Array] | None = None, mask: jax.Array | None = None,
+               scale: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Cached self-attention for ``new`` tokens x ``[batch, new, dim]`` (decoding: ``new`` = 1).
+
+        Their k/v are written into cache_k / cache_v ``[batch, max_len, kv_heads, head_dim]`` at slots
+        ``index[b] .. index[b] + new - 1`` of each row (``index`` ``[batch]`` int32), then the queries attend over
+        the whole updated cache under ``mask`` (broadcastable to ``[batch, heads, new, max_len]``, True = attend;
+        the caller masks unwritten / padding slots and later slots). ``rope`` holds the new tokens' angles.
+        Returns (``[batch, new, dim]``, cache_k, cache_v).
+        """
+        q, k, v = self.qkv(x, rope=rope)
+        cache_k = write_slots(cache_k, k.astype(cache_k.dtype), index)
+        cache_v = write_slots(cache_v, v.astype(cache_v.dtype), index)
+        return self.output(q, cache_k, cache_v, mask=mask, scale=scale), cache_k, cache_v
 
     def flops(self, batch: int, q_len: int, kv_len: int, dim: int, ctx_dim: int | None = None,
               causal: bool = False) -> float:
