@@ -9,9 +9,15 @@ from flax import nnx
 from avatarjax.nn.linear import Dense
 from avatarjax.parallel.mesh import constrain
 
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU as ``0.5 x (1 + erf(x / sqrt 2))``: torch's formula, and ~2x faster on XLA:CPU than
+    ``jax.nn.gelu(approximate=False)`` (which goes through erfc)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+
+
 ACTIVATIONS = {
     "silu": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu_erf,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
     "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
