@@ -170,8 +170,10 @@ class Trainer:
         step = start
         preempted = False
 
-        def check(step_done: int, metrics) -> dict[str, float]:
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        def check(step_done: int, metrics, everything: bool = True) -> dict[str, float]:
+            """Fetch the step's loss and gradient norm (all metrics when ``everything``); abort if non-finite."""
+            wanted = metrics if everything else {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"]}
+            host = {k: float(v) for k, v in jax.device_get(wanted).items()}
             losses[step_done] = host["loss"]
             if not math.isfinite(host["loss"]) or not math.isfinite(host["grad_norm"]):
                 raise TrainingAborted(
@@ -197,7 +199,7 @@ class Trainer:
                     # Check the previous step's loss now that the next one is queued: no stall per step.
                     if pending is not None:
                         t0 = time.perf_counter()
-                        check(*pending)
+                        check(*pending, everything=False)
                         check_wait += time.perf_counter() - t0
                     pending = (step, metrics)
                     if tracing and step >= cfg.profile.start_step + cfg.profile.num_steps:
