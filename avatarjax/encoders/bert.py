@@ -379,14 +379,7 @@ def benchmark_cases():
     directory = default_model_dir()
     ref = BertModel.from_pretrained(str(directory), local_files_only=True).eval()
     model, _ = from_pretrained(CONVERTER, directory)
-    rng = np.random.default_rng(0)
-    batch, length = 16, 64
-    lengths = rng.integers(8, length + 1, batch)
-    ids = np.zeros((batch, length), np.int32)
-    mask = np.zeros((batch, length), np.int32)
-    for i, n in enumerate(lengths):
-        ids[i, 0], ids[i, 1:n - 1], ids[i, n - 1] = 101, rng.integers(1000, 30000, n - 2), 102
-        mask[i, :n] = 1
+    ids, mask = text.random_padded_batch(16, 64, bos=101, eos=102, low=1000, high=30000, pad=0)
     forward = text.jit_forward(model)
     ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
     ids_t, mask_t = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))

@@ -243,14 +243,7 @@ def benchmark_cases():
     with tempfile.TemporaryDirectory() as tmp:
         ref.save_pretrained(tmp, safe_serialization=True)
         model, _ = from_pretrained(CONVERTER, tmp)
-    rng = np.random.default_rng(0)
-    batch, length = 8, 77
-    lengths = rng.integers(8, length + 1, batch)
-    ids = np.full((batch, length), 999, np.int32)
-    mask = np.zeros((batch, length), np.int32)
-    for i, n in enumerate(lengths):
-        ids[i, 0], ids[i, 1:n - 1], ids[i, n - 1] = 998, rng.integers(1, 998, n - 2), 999
-        mask[i, :n] = 1
+    ids, mask = text.random_padded_batch(8, 77, bos=998, eos=999, low=1, high=998, pad=999)
     forward = text.jit_forward(model)
     ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
     ids_t, mask_t = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))

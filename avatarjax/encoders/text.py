@@ -243,3 +243,19 @@ def strip_prefix(tensors: dict[str, np.ndarray], marker: str, prefixes: Sequence
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     raise CheckpointError(f"the checkpoint holds no {what} weights: expected a tensor named "
                           f"{' or '.join(repr(p + marker) for p in prefixes)}; it has e.g. {sorted(tensors)[:5]}")
+
+
+def random_padded_batch(batch: int, length: int, *, bos: int, eos: int, low: int, high: int, pad: int = 0,
+                        min_len: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random rows of lengths in ``[min_len, length]``: ``bos``, ids from ``[low, high)``, ``eos``, then ``pad``.
+
+    Returns (ids int32 [batch, length], mask int32 [batch, length]); for benchmarks and tests.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_len, length + 1, batch)
+    ids = np.full((batch, length), pad, np.int32)
+    mask = np.zeros((batch, length), np.int32)
+    for i, n in enumerate(lengths):
+        ids[i, 0], ids[i, 1:n - 1], ids[i, n - 1] = bos, rng.integers(low, high, n - 2), eos
+        mask[i, :n] = 1
+    return ids, mask
