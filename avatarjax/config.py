@@ -117,19 +117,6 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def replace(self, **sections: Any) -> "Config":
-        """A copy with whole sections or nested keys replaced: ``cfg.replace(train={'steps': 5})``."""
-        updated = {}
-        for name, value in sections.items():
-            current = getattr(self, name)
-            if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
-                value = dataclasses.replace(current, **value)
-            updated[name] = value
-        return dataclasses.replace(self, **updated)
-
-
-_TASK_SECTIONS = ("model", "data", "sample")
-
 
 def _task_schema(task_name: str) -> dict[str, type]:
     from avatarjax.registry import TASKS

@@ -115,8 +115,8 @@ def _load_safetensors_any_dtype(path: Path, load_file) -> dict[str, np.ndarray]:
         out = {}
         with safe_open(str(path), framework="flax") as f:
             for key in f.keys():
-                out[key] = np.asarray(f.get_tensor(key)).astype(np.float32) if f.get_tensor(key).dtype == \
-                    ml_dtypes.bfloat16 else np.asarray(f.get_tensor(key))
+                value = np.asarray(f.get_tensor(key))  # read once
+                out[key] = value.astype(np.float32) if value.dtype == ml_dtypes.bfloat16 else value
         return out
 
 

@@ -32,6 +32,10 @@ class CheckpointManager:
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process at the same step once JAX's preemption notice arrived (multi-process runs)."""
+        return self._mngr.reached_preemption(step)
+
     # -- save ----------------------------------------------------------------------------------------------------
     def save(self, step: int, state: Any, *, data_iterator: Any = None, config: dict | None = None,
              force: bool = True) -> bool:
@@ -82,14 +86,6 @@ class CheckpointManager:
                 f"{str(err).splitlines()[0][:300]}). It may be truncated or written for a different model/config; "
                 f"it was left untouched: {alt}.") from err
         return step, restored["state"]
-
-    def restore_config(self, step: int | None = None) -> dict:
-        step = self._check_step(step)
-        path = self.directory / str(step) / "config"
-        try:
-            return dict(self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
-        except Exception as err:
-            raise CheckpointError(f"config of checkpoint step {step} at '{path}' cannot be read: {err}") from err
 
 
 def saved_steps(directory: str | Path) -> list[int]:

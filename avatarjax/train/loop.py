@@ -254,7 +254,7 @@ class Trainer:
         """Orbax's multi-host preemption sync point (true on every process at the same step)."""
         if jax.process_count() == 1:
             return False
-        return self.checkpoints._mngr.reached_preemption(step)
+        return self.checkpoints.reached_preemption(step)
 
     def evaluate(self, state, batches: int | None = None) -> dict[str, float]:
         """Mean metrics over ``batches`` batches of the eval split (all of it when the split is shorter)."""
