@@ -1,0 +1,1 @@
+"""Diffusion math (schedules, samplers, classifier-free guidance); model-agnostic: samplers take a denoise fn."""
