@@ -1,4 +1,4 @@
-"""The ``avatarjax`` command: train | sample | eval | data | convert | bench | profile.
+"""The ``avatarjax`` command: train | sample | eval | data | convert | bench | profile | export.
 
 Every command that takes a config accepts ``--config FILE.py`` and any number of ``--config.a.b=value``
 overrides. Errors the user can fix print one line (``error: ...``) and exit with status 2.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from avatarjax.errors import AvatarError
 
-COMMANDS = ("train", "sample", "eval", "data", "convert", "bench", "profile")
+COMMANDS = ("train", "sample", "eval", "data", "convert", "bench", "profile", "export")
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -103,21 +103,43 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
+    """``avatarjax sample --checkpoint W|EXPORT [--config FILE] [--out OUT] [task options]``: the task's sampler on
+    the trained model (EMA weights when the run kept them)."""
     args, overrides = _split_overrides(argv)
-    p = _config_parser("sample", config_required=False)
-    p.add_argument("--out", default=None, help="where to write the output (default: WORKDIR/samples)")
-    p.add_argument("task_args", nargs=argparse.REMAINDER, help="task-specific sampling options after --")
-    ns = p.parse_args(args)
-    trainer, state = _restored_trainer(ns, overrides)
-    trainer.checkpoints.close()
-    sample = getattr(trainer.task, "sample", None)
+    p = argparse.ArgumentParser(prog="avatarjax sample", add_help=False)
+    p.add_argument("--checkpoint", "--workdir", dest="checkpoint", required=True,
+                   help="a training workdir or an `avatarjax export` directory")
+    p.add_argument("--config", default=None, help="config file (default: the one saved with the checkpoint)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", default=None, help="output file or directory (default: CHECKPOINT/samples)")
+    ns, task_args = p.parse_known_args(args)
+    task_args = [a for a in task_args if a != "--"]
+    from avatarjax.registry import TASKS
+    from avatarjax.train.export import load_model
+
+    cfg = None if ns.config is None else _load(argparse.Namespace(config=ns.config, workdir=None), overrides)
+    model, cfg = load_model(ns.checkpoint, step=ns.step, overrides=overrides, cfg=cfg)
+    sample = getattr(TASKS.get(cfg.task), "sample", None)
     if sample is None:
-        raise AvatarError(f"task '{trainer.cfg.task}' has no sampler")
-    out = Path(ns.out or Path(ns.workdir) / "samples")
-    task_args = [a for a in ns.task_args if a != "--"]
-    with trainer._context():
-        result = sample(trainer, state, out, task_args)
-    _print(result)
+        raise AvatarError(f"task '{cfg.task}' has no sampler")
+    out = Path(ns.out or Path(ns.checkpoint) / "samples")
+    _print(sample(model, cfg, out, task_args))
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    """``avatarjax export --workdir W --out DIR [--step N] [--dtype float16] [--no-ema] [--overwrite]``."""
+    p = argparse.ArgumentParser(prog="avatarjax export")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--no-ema", dest="ema", action="store_false")
+    p.add_argument("--overwrite", action="store_true")
+    ns = p.parse_args(argv)
+    from avatarjax.train.export import export_model
+
+    _print(export_model(ns.workdir, ns.out, step=ns.step, dtype=ns.dtype, use_ema=ns.ema, overwrite=ns.overwrite))
     return 0
 
 
@@ -202,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_profile(rest)
         if command == "data":
             return cmd_data(rest)
+        if command == "export":
+            return cmd_export(rest)
         return cmd_registry(command, rest)
     except AvatarError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -136,11 +136,12 @@ class ConformerLayer(nnx.Module):
 
 
 def run_layers(layers, x: jax.Array, key: jax.Array | None, num_layers: int, scan: bool, remat: str,
-               call) -> jax.Array:
-    """Apply ``call(layer, x, layer_key)`` over a stacked (``scan``) or listed layer set."""
+               call, train: bool) -> jax.Array:
+    """Apply ``call(layer, x, layer_key)`` over a stacked (``scan``) or listed layer set; only ``train`` runs
+    write updated batch statistics back."""
     keys = None if key is None else jax.random.split(key, num_layers)
     if scan:
-        return run_stacked(layers, lambda layer, h, k: call(layer, h, k), x, keys, remat=remat)
+        return run_stacked(layers, lambda layer, h, k: call(layer, h, k), x, keys, remat=remat, write_back=train)
     for i, layer in enumerate(layers):
         x = call(layer, x, None if keys is None else keys[i])
     return x
@@ -173,4 +174,4 @@ class Conformer(nnx.Module):
         h = h + sinusoidal(jnp.arange(h.shape[1]), self.cfg.dim).astype(h.dtype)
         h = constrain(h, ACT)
         return run_layers(self.layers, h, key, self.cfg.num_layers, self.cfg.scan_layers, self.remat,
-                          lambda layer, y, k: layer(y, mask, k, train))
+                          lambda layer, y, k: layer(y, mask, k, train), train)

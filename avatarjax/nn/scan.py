@@ -32,11 +32,12 @@ def create_stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int
 
 
 def run_stacked(layers: nnx.Module, body: Callable[[nnx.Module, Any, Any], Any], carry: Any, per_layer: Any = None,
-                *, remat: str = "none") -> Any:
+                *, remat: str = "none", write_back: bool = True) -> Any:
     """Run ``carry = body(layer, carry, per_layer_slice)`` over the stacked layers with ``lax.scan``.
 
     ``per_layer`` is a pytree with a leading layers axis (e.g. per-layer dropout keys) or None. Non-parameter
-    state that layers update (e.g. batch statistics) is written back after the scan.
+    state that layers update (e.g. batch statistics) is written back after the scan unless ``write_back`` is False
+    (inference inside another transform, e.g. a sampler's scan, must not mutate the module).
     """
     graphdef, params, rest = nnx.split(layers, nnx.Param, ...)
 
@@ -51,5 +52,6 @@ def run_stacked(layers: nnx.Module, body: Callable[[nnx.Module, Any, Any], Any],
     if remat != "none":
         step = jax.checkpoint(step, policy=policy, prevent_cse=False)
     carry, new_rest = jax.lax.scan(step, carry, (params, rest, per_layer))
-    nnx.update(layers, new_rest)
+    if write_back:
+        nnx.update(layers, new_rest)
     return carry

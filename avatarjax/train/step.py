@@ -35,7 +35,8 @@ def make_train_step(cfg: Config, task: Task, graphdef: Any, tx: optax.GradientTr
 
     def loss_and_grads(params, rest, batch, key, step):
         def loss_of(p):
-            model = nnx.merge(graphdef, p, rest)
+            # copy: variables the loss updates (batch statistics) must belong to this trace, not the jit's
+            model = nnx.merge(graphdef, p, rest, copy=True)
             loss, metrics = task.loss(model, batch, key, step)
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, new_rest)

@@ -41,5 +41,6 @@ class Task:
     flops_per_example: Callable[[Any], float]
     example_batch: Callable[[Any, int], Batch]
     sample_config: type | None = None
-    # sample(trainer, state, out_dir, args) -> dict: run the task's sampler from a restored state (CLI `sample`).
+    # sample(model, cfg, out, args) -> dict: run the task's sampler on a trained model (CLI `sample`; ``out`` is the
+    # --out path, ``args`` the task's own options).
     sample: Callable[..., dict] | None = None

@@ -70,7 +70,7 @@ def generate(model: DecoderLM, prompt: jax.Array, num_tokens: int, key: jax.Arra
     return buffer
 
 
-def sample(trainer, state, out_dir, args: list[str]) -> dict:
+def sample(model: DecoderLM, cfg, out_dir, args: list[str]) -> dict:
     """``avatarjax sample ... -- --prompt TEXT --tokens N --temperature T``: write generated text."""
     import argparse
     from pathlib import Path
@@ -85,15 +85,14 @@ def sample(trainer, state, out_dir, args: list[str]) -> dict:
         from avatarjax.errors import AvatarError
 
         raise AvatarError("the prompt is empty: pass --prompt with at least one character")
-    model = nnx.merge(trainer.graphdef, state.params, state.rest)
     gen = nnx.jit(generate, static_argnums=(2, 4))
-    tokens = np.asarray(gen(model, jnp.asarray(prompt), ns.tokens, jax.random.key(trainer.cfg.seed), ns.temperature))
+    tokens = np.asarray(gen(model, jnp.asarray(prompt), ns.tokens, jax.random.key(cfg.seed), ns.temperature))
     text_out = bytes(tokens[0].astype(np.uint8).tolist()).decode("utf-8", errors="replace")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"lm_step{int(state.step)}.txt"
+    path = out_dir / "lm_sample.txt"
     path.write_text(text_out)
-    return {"step": int(state.step), "output": str(path.absolute()), "text": text_out}
+    return {"output": str(path.absolute()), "text": text_out}
 
 
 LM_TASK = Task(name="lm", model_config=DecoderLMConfig, data_config=text.TextDataConfig, build_model=build_model,

@@ -1,0 +1,252 @@
+"""InstructAvatar inference: portrait + audio + instruction -> talking video; instruction alone -> text-only
+facial motion control.
+
+    pipe = avatarjax.pipelines.instruct_avatar.load("outputs/instructavatar")   # a workdir or an export
+    result = pipe.sample(portrait, audio, "talk happily, raising your eyebrows")  # audio=None: motion control
+    pipe.write(result, "out.mp4")   # mp4 (H.264 + AAC), contact sheet PNG, motion JSON
+
+The whole denoising loop (all steps, classifier-free guidance as one doubled batch) runs inside one ``jax.jit``;
+conditions are encoded once before the loop. The motion VAE then decodes the latents with the portrait's
+appearance latent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from avatarjax import media
+from avatarjax.codecs import motion_vae
+from avatarjax.config import Config, dataclass_from_overrides
+from avatarjax.data.synthface import render, schema
+from avatarjax.diffusion import guidance, samplers, schedules
+from avatarjax.errors import AvatarError, DataError
+from avatarjax.train.objectives import instruct_avatar as task
+from avatarjax.train.objectives.instruct_avatar import InstructAvatarSampleConfig
+
+FPS = schema.FPS
+SAMPLES_PER_FRAME = schema.SAMPLES_PER_FRAME
+MIN_FRAMES = 8
+
+
+@dataclasses.dataclass
+class Generated:
+    """frames uint8 ``[T, S, S, 3]``; latents ``[T, D]`` (VAE units); pose degrees ``[T, 3]`` (predicted from
+    audio); audio float32 ``[T * 640]`` at 16 kHz (silence for motion control); portrait uint8 ``[S, S, 3]``."""
+
+    frames: np.ndarray
+    latents: np.ndarray
+    pose: np.ndarray
+    audio: np.ndarray
+    portrait: np.ndarray
+    instruction: str
+    talking: bool
+    info: dict
+
+
+class InstructAvatarPipeline:
+    def __init__(self, system: task.InstructAvatarSystem, cfg: Config, vae: motion_vae.MotionVAE, vae_cfg: Config):
+        from avatarjax.encoders.instruction_features import InstructionFeatures
+
+        self.cfg, self.settings = cfg, system.settings
+        self.frame_size = vae_cfg.model.frame_size
+        self.text = InstructionFeatures(cfg.data.text_encoder, cfg.data.text_len)
+        self._graphdef, self._state = nnx.split(system)
+        self._vae_graphdef, self._vae_state = nnx.split(vae)
+        self._vae_cfg = vae_cfg.model
+        self._compiled: dict = {}
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, *, vae: str | Path | None = None,
+             overrides: tuple[str, ...] = ()) -> InstructAvatarPipeline:
+        """From a training workdir or export; ``vae`` defaults to the motion VAE the model was trained with."""
+        from avatarjax.train.export import load_model
+
+        system, cfg = load_model(checkpoint, overrides=overrides)
+        vae_path = vae or cfg.data.vae
+        if not vae_path or not Path(vae_path).exists():
+            raise AvatarError(f"the motion VAE '{vae_path}' the model was trained with is not there: pass "
+                              "--vae DIR (a motion_vae workdir or export)")
+        vae_model, vae_cfg = load_model(vae_path)
+        return cls(system, cfg, vae_model, vae_cfg)
+
+    # -- inputs --------------------------------------------------------------------------------------------------
+    def _portrait(self, portrait) -> np.ndarray:
+        if isinstance(portrait, (str, Path)):
+            return media.read_image(portrait, self.frame_size)
+        portrait = np.asarray(portrait)
+        if portrait.shape != (self.frame_size, self.frame_size, 3) or portrait.dtype != np.uint8:
+            raise DataError(f"the portrait is {portrait.dtype} {portrait.shape} but the model expects uint8 "
+                            f"[{self.frame_size}, {self.frame_size}, 3]: resize it (media.read_image(path, size, "
+                            "resize=True))")
+        return portrait
+
+    def _audio(self, audio, num_frames: int | None) -> tuple[np.ndarray, bool]:
+        if audio is None:
+            frames = num_frames or self.cfg.sample.num_frames
+            return np.zeros(frames * SAMPLES_PER_FRAME, np.float32), False  # the paper's pseudo-empty audio
+        wave = media.read_audio(audio) if isinstance(audio, (str, Path)) else np.asarray(audio, np.float32)
+        if wave.ndim != 1:
+            raise DataError(f"audio must be mono float32 [samples] at 16 kHz, got shape {wave.shape}: read files "
+                            "with avatarjax.media.read_audio (it down-mixes and resamples)")
+        frames = len(wave) // SAMPLES_PER_FRAME
+        if frames < MIN_FRAMES:
+            raise DataError(f"the audio lasts {len(wave) / 16000:.2f} s, shorter than the {MIN_FRAMES / FPS:.2f} s "
+                            "minimum: give a longer utterance")
+        return wave[:frames * SAMPLES_PER_FRAME].astype(np.float32), True
+
+    # -- the jitted generator ------------------------------------------------------------------------------------
+    def _generator(self, options: InstructAvatarSampleConfig, frames: int):
+        key_ = (options, frames)
+        if key_ in self._compiled:
+            return self._compiled[key_]
+        settings, graphdef = self.settings, self._graphdef
+        d = settings.diffusion
+        scale = float(options.guidance_scale)
+
+        def generate(state, batch, noise, key):
+            net = nnx.merge(graphdef, state).net
+            cond = task.conditions(batch)
+            if scale != 1.0:
+                empty = {k: jnp.zeros_like(batch[k]) for k in ("text_pooled", "text_tokens")}
+                empty["text_mask"] = jnp.zeros_like(batch["text_mask"]).at[:, 0].set(True)
+                cond = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), cond, task.conditions({**batch, **empty}))
+            c = net.encode_conditions(cond, None, False)
+            denoise = lambda x_t, t: net.denoise(x_t, t, c)
+            if scale != 1.0:
+                denoise = guidance.batched_cfg_denoise(
+                    lambda x2, t2: net.denoise(x2, t2, c), scale)
+            x0 = _run_sampler(options, d, denoise, noise, key)
+            pose = c["pose_pred"][:noise.shape[0]]
+            return x0 / d.latent_scale, pose
+
+        self._compiled[key_] = jax.jit(generate)
+        return self._compiled[key_]
+
+    def _vae(self, name: str):
+        if name not in self._compiled:
+            graphdef = self._vae_graphdef
+
+            def encode(state, frame):
+                vae = nnx.merge(graphdef, state)
+                x = motion_vae.to_model_range(frame)
+                appearance, _ = vae.encode_appearance(x)
+                motion, _ = vae.encode_motion(x)
+                return appearance, motion_vae.flatten_motion(motion)
+
+            def decode(state, appearance, motion):
+                vae = nnx.merge(graphdef, state)
+                motion = motion_vae.unflatten_motion(motion, self._vae_cfg)
+                appearance = jnp.broadcast_to(appearance, (motion.shape[0],) + appearance.shape[1:])
+                return vae.decode(appearance, motion)
+
+            self._compiled["encode"], self._compiled["decode"] = jax.jit(encode), jax.jit(decode)
+        return self._compiled[name]
+
+    # -- public --------------------------------------------------------------------------------------------------
+    def sample(self, portrait, audio=None, instruction: str = "", *, num_frames: int | None = None,
+               **options) -> Generated:
+        """Generate. ``portrait``: path or uint8 ``[S, S, 3]``; ``audio``: path, float32 16 kHz mono array or None
+        (text-only motion control for ``num_frames`` frames); ``options`` override the ``sample`` config
+        (sampler, num_steps, eta, temperature, guidance_scale, seed)."""
+        opts = dataclasses.replace(self.cfg.sample, **options)
+        portrait = self._portrait(portrait)
+        wave, talking = self._audio(audio, num_frames)
+        text = self.text([instruction])
+        frames = len(wave) // SAMPLES_PER_FRAME
+        t0 = time.perf_counter()
+        appearance, keyframe = self._vae("encode")(self._vae_state, jnp.asarray(portrait[None]))
+        batch = {"audio": jnp.asarray(wave[None]), "mask": jnp.ones((1, frames), bool),
+                 "audio_flag": jnp.array([int(talking)], jnp.int32), "keyframe": keyframe, **text}
+        key = jax.random.key(opts.seed)
+        noise = jax.random.normal(jax.random.fold_in(key, 1), (1, frames, settings_latent_dim(self.settings)))
+        latents, pose = self._generator(opts, frames)(self._state, batch, noise, key)
+        rendered = motion_vae.to_uint8(self._vae("decode")(self._vae_state, appearance, latents[0]))
+        elapsed = time.perf_counter() - t0
+        info = {"frames": frames, "seconds": frames / FPS, "wall_s": round(elapsed, 3),
+                "real_time_factor": round(elapsed / (frames / FPS), 3), **dataclasses.asdict(opts)}
+        return Generated(frames=rendered, latents=np.asarray(latents[0]), pose=np.asarray(pose[0]) * task.POSE_SCALE,
+                         audio=wave, portrait=portrait, instruction=instruction, talking=talking, info=info)
+
+    def write(self, result: Generated, out: str | Path) -> dict:
+        """Write ``out`` (.mp4, H.264 with AAC audio), ``out`` .png (contact sheet) and ``out`` .json (motion)."""
+        out = Path(out)
+        if out.suffix.lower() not in (".mp4", ".mov", ".mkv", ".m4v"):
+            raise DataError(f"--out '{out}' must be a video file name ending in .mp4")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        media.write_video(out, result.frames, fps=FPS, audio=result.audio if result.talking else None)
+        step = max(1, len(result.frames) // 16)
+        sheet = out.with_suffix(".png")
+        render.contact_sheet(np.concatenate([result.portrait[None], result.frames[::step]]), path=sheet)
+        motion = out.with_suffix(".json")
+        motion.write_text(json.dumps({
+            "instruction": result.instruction, "mode": "talking" if result.talking else "motion_control",
+            "fps": FPS, **result.info, "pose_degrees": np.round(result.pose, 3).tolist(),
+            "latents": np.round(result.latents, 5).tolist()}, indent=1))
+        return {"video": str(out.absolute()), "contact_sheet": str(sheet.absolute()), "motion": str(motion.absolute()),
+                **{k: result.info[k] for k in ("frames", "seconds", "wall_s", "real_time_factor")}}
+
+
+def settings_latent_dim(settings: task.InstructAvatarTaskConfig) -> int:
+    return settings.net.latent_dim
+
+
+def _run_sampler(options: InstructAvatarSampleConfig, d: task.DiffusionConfig, denoise, noise, key):
+    if d.formulation == "ddpm":
+        schedule = schedules.make_discrete_schedule(d.beta_schedule, d.num_train_steps)
+        if options.sampler == "ddim":
+            return samplers.ddim_sample(denoise, schedule, noise, key, num_steps=options.num_steps, eta=options.eta)
+        if options.sampler == "ddpm":
+            return samplers.ddpm_sample(denoise, schedule, noise, key)
+    elif options.sampler == "euler":
+        return samplers.euler_vpsde_sample(denoise, schedules.VPSDE(d.beta_min, d.beta_max), noise,
+                                           num_steps=options.num_steps, temperature=options.temperature)
+    wanted = "ddim or ddpm" if d.formulation == "ddpm" else "euler"
+    raise AvatarError(f"sampler '{options.sampler}' does not fit the {d.formulation} formulation: use "
+                      f"--config.sample.sampler={wanted.split()[0]} ({wanted})")
+
+
+def load(checkpoint: str | Path, *, vae: str | Path | None = None, overrides: tuple[str, ...] = ()
+         ) -> InstructAvatarPipeline:
+    return InstructAvatarPipeline.load(checkpoint, vae=vae, overrides=overrides)
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avatarjax sample (instruct_avatar)")
+    p.add_argument("--portrait", required=True, help=f"portrait image (square, the model's frame size)")
+    p.add_argument("--audio", default=None, help="speech (wav/flac/mp3/...; resampled to 16 kHz). Without it: "
+                                                 "text-only motion control")
+    p.add_argument("--instruction", required=True, help='e.g. "talk happily" or "turn your head to the left"')
+    p.add_argument("--resize", action="store_true", help="resize a portrait of another size")
+    p.add_argument("--frames", type=int, default=None, help="motion-control length in frames (25 fps)")
+    p.add_argument("--name", default="instructavatar.mp4", help="output file name when --out is a directory")
+    p.add_argument("--vae", default=None, help="motion VAE (default: the one the model was trained with)")
+    return p
+
+
+def sample_command(system, cfg: Config, out, args: list[str]) -> dict:
+    """The CLI sampler: ``--out`` may be a .mp4 path or a directory."""
+    ns, rest = sample_parser().parse_known_args(args)
+    if rest:
+        raise AvatarError(f"unknown sample options {rest}: see `avatarjax sample --help` and --config.sample.*")
+    from avatarjax.train.export import load_model
+
+    vae_path = ns.vae or cfg.data.vae
+    vae_model, vae_cfg = load_model(vae_path)
+    pipe = InstructAvatarPipeline(system, cfg, vae_model, vae_cfg)
+    portrait = media.read_image(ns.portrait, pipe.frame_size, resize=ns.resize)
+    result = pipe.sample(portrait, ns.audio, ns.instruction, num_frames=ns.frames)
+    out = Path(out)
+    target = out if out.suffix else out / ns.name
+    return pipe.write(result, target)
+
+
+__all__ = ["Generated", "InstructAvatarPipeline", "load", "sample_command", "dataclass_from_overrides"]
