@@ -189,8 +189,9 @@ class InstructAvatar(nnx.Module):
         self.layers = make_layers(lambda r: ConditionedLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r),
                                   cfg.num_layers, cfg.scan_layers, rngs)
         self.output = Dense(cfg.dim, cfg.latent_dim, axes=("embed", "mlp"), **kw)
-        self.au_head = FeatureMLP(cfg.latent_dim, cfg.head_hidden, cfg.num_aus, 1, rate=0.0, **kw)
-        self.intensity_head = FeatureMLP(cfg.latent_dim, cfg.head_hidden, cfg.num_intensities, 1, rate=0.0, **kw)
+        self.au_head = FeatureMLP(cfg.latent_dim, cfg.head_hidden, cfg.num_aus, 1, rate=0.0, out_axis=None, **kw)
+        self.intensity_head = FeatureMLP(cfg.latent_dim, cfg.head_hidden, cfg.num_intensities, 1, rate=0.0,
+                                         out_axis=None, **kw)
 
     def encode_conditions(self, cond: dict, key: jax.Array | None, train: bool) -> dict:
         """The per-sample conditioning that does not depend on ``x_t`` or ``t`` (computed once per sampler run).

@@ -34,15 +34,16 @@ class FeatureMLP(nnx.Module):
     """``num_layers`` x [Linear, ReLU, dropout] then a Linear: ``[..., in_dim]`` -> ``[..., out_dim]``.
 
     The released InstructAvatar text encoder is (768 -> 1024) + 3 x (1024 -> 1024) + (1024 -> 768).
+    ``out_axis``: the logical name of the output dim (None for small classifier heads that must not be sharded).
     """
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, *, rate: float, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, *, rate: float,
+                 out_axis: str | None = "embed", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         dims = [in_dim] + [hidden] * num_layers
         self.hidden = nnx.List([Dense(a, b, axes=("embed", "mlp") if i == 0 else ("mlp", "mlp"), **kw)
                                 for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
-        self.out = Dense(dims[-1], out_dim, axes=("mlp", "embed"), **kw)
+        self.out = Dense(dims[-1], out_dim, axes=("mlp", out_axis), **kw)
         self.rate = rate
 
     def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
