@@ -89,10 +89,27 @@ def _restored_trainer(ns, overrides):
 
 
 def cmd_eval(argv: list[str]) -> int:
+    """``avatarjax eval --checkpoint W [task options]``: the task's generation metrics when it has them, else (or
+    with ``--loss``) the loss on eval batches."""
     args, overrides = _split_overrides(argv)
-    p = _config_parser("eval", config_required=False)
+    p = argparse.ArgumentParser(prog="avatarjax eval", add_help=False)
+    p.add_argument("--config", default=None)
+    p.add_argument("--checkpoint", "--workdir", dest="workdir", required=True)
     p.add_argument("--batches", type=int, default=None)
-    ns = p.parse_args(args)
+    p.add_argument("--loss", action="store_true", help="report the loss on eval batches")
+    ns, task_args = p.parse_known_args(args)
+    from avatarjax.registry import TASKS
+
+    task = TASKS.get(_load(ns, overrides).task)
+    if task.evaluate is not None and not ns.loss:
+        from avatarjax.train.export import load_model
+
+        cfg = None if ns.config is None else _load(ns, overrides)
+        model, cfg = load_model(ns.workdir, overrides=overrides, cfg=cfg)
+        _print(task.evaluate(model, cfg, [a for a in task_args if a != "--"], Path(ns.workdir)))
+        return 0
+    if task_args:
+        raise AvatarError(f"unknown eval options {task_args}")
     trainer, state = _restored_trainer(ns, overrides)
     try:
         metrics = trainer.evaluate(state, ns.batches)
@@ -123,7 +140,7 @@ def cmd_sample(argv: list[str]) -> int:
     if sample is None:
         raise AvatarError(f"task '{cfg.task}' has no sampler")
     out = Path(ns.out or Path(ns.checkpoint) / "samples")
-    _print(sample(model, cfg, out, task_args))
+    _print(sample(model, cfg, out, task_args, Path(ns.checkpoint)))
     return 0
 
 

@@ -71,11 +71,7 @@ class InstructAvatarPipeline:
         from avatarjax.train.export import load_model
 
         system, cfg = load_model(checkpoint, overrides=overrides)
-        vae_path = vae or cfg.data.vae
-        if not vae_path or not Path(vae_path).exists():
-            raise AvatarError(f"the motion VAE '{vae_path}' the model was trained with is not there: pass "
-                              "--vae DIR (a motion_vae workdir or export)")
-        vae_model, vae_cfg = load_model(vae_path)
+        vae_model, vae_cfg = load_model(resolve_vae(vae or cfg.data.vae, checkpoint))
         return cls(system, cfg, vae_model, vae_cfg)
 
     # -- inputs --------------------------------------------------------------------------------------------------
@@ -195,6 +191,17 @@ class InstructAvatarPipeline:
                 **{k: result.info[k] for k in ("frames", "seconds", "wall_s", "real_time_factor")}}
 
 
+def resolve_vae(path: str | Path, checkpoint: str | Path | None) -> Path:
+    """The motion VAE directory: ``path`` as given, else relative to the generator checkpoint (an export that
+    ships beside its VAE stores ``../motion_vae``)."""
+    candidates = [Path(path)] + ([Path(checkpoint) / path] if checkpoint is not None and path else [])
+    for candidate in candidates:
+        if str(path) and candidate.exists():
+            return candidate
+    raise AvatarError(f"the motion VAE '{path}' the model was trained with is not there: pass --vae DIR (a "
+                      "motion_vae workdir or export)")
+
+
 def settings_latent_dim(settings: task.InstructAvatarTaskConfig) -> int:
     return settings.net.latent_dim
 
@@ -232,15 +239,14 @@ def sample_parser() -> argparse.ArgumentParser:
     return p
 
 
-def sample_command(system, cfg: Config, out, args: list[str]) -> dict:
+def sample_command(system, cfg: Config, out, args: list[str], checkpoint: str | Path | None = None) -> dict:
     """The CLI sampler: ``--out`` may be a .mp4 path or a directory."""
     ns, rest = sample_parser().parse_known_args(args)
     if rest:
         raise AvatarError(f"unknown sample options {rest}: see `avatarjax sample --help` and --config.sample.*")
     from avatarjax.train.export import load_model
 
-    vae_path = ns.vae or cfg.data.vae
-    vae_model, vae_cfg = load_model(vae_path)
+    vae_model, vae_cfg = load_model(resolve_vae(ns.vae or cfg.data.vae, checkpoint))
     pipe = InstructAvatarPipeline(system, cfg, vae_model, vae_cfg)
     portrait = media.read_image(ns.portrait, pipe.frame_size, resize=ns.resize)
     result = pipe.sample(portrait, ns.audio, ns.instruction, num_frames=ns.frames)

@@ -41,6 +41,9 @@ class Task:
     flops_per_example: Callable[[Any], float]
     example_batch: Callable[[Any, int], Batch]
     sample_config: type | None = None
-    # sample(model, cfg, out, args) -> dict: run the task's sampler on a trained model (CLI `sample`; ``out`` is the
-    # --out path, ``args`` the task's own options).
+    # sample(model, cfg, out, args, checkpoint) -> dict: run the task's sampler on a trained model (CLI `sample`;
+    # ``out`` is the --out path, ``args`` the task's own options, ``checkpoint`` where the model came from).
     sample: Callable[..., dict] | None = None
+    # evaluate(model, cfg, args, checkpoint) -> dict: the task's generation metrics (CLI `eval`; without it `eval` reports the
+    # loss on eval batches).
+    evaluate: Callable[..., dict] | None = None

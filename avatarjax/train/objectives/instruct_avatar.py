@@ -330,14 +330,40 @@ def example_batch(cfg, batch_size: int):
     }
 
 
-def sample(model: InstructAvatarSystem, cfg, out, args: list[str]) -> dict:
+def sample(model: InstructAvatarSystem, cfg, out, args: list[str], checkpoint=None) -> dict:
     """``avatarjax sample --checkpoint W --portrait IMG [--audio WAV] --instruction TEXT --out OUT.mp4``."""
     from avatarjax.pipelines.instruct_avatar import sample_command
 
-    return sample_command(model, cfg, out, args)
+    return sample_command(model, cfg, out, args, checkpoint)
+
+
+def evaluate(model: InstructAvatarSystem, cfg, args: list[str], checkpoint=None) -> dict:
+    """``avatarjax eval --checkpoint W --reader R [--clips N] [--motion-clips M] [--out report.json]``."""
+    import argparse
+    from pathlib import Path
+
+    from avatarjax.pipelines import instruct_avatar_eval
+    from avatarjax.pipelines.instruct_avatar import InstructAvatarPipeline, resolve_vae
+    from avatarjax.train.export import load_model
+
+    p = argparse.ArgumentParser(prog="avatarjax eval (instruct_avatar)")
+    p.add_argument("--reader", required=True, help="a face_reader workdir or export (reads the generated videos)")
+    p.add_argument("--clips", type=int, default=32)
+    p.add_argument("--motion-clips", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the report to this JSON file")
+    ns = p.parse_args(args)
+    vae, vae_cfg = load_model(resolve_vae(cfg.data.vae, checkpoint))
+    pipe = InstructAvatarPipeline(model, cfg, vae, vae_cfg)
+    report = instruct_avatar_eval.evaluate(pipe, instruct_avatar_eval.Reader(ns.reader), num_clips=ns.clips,
+                                           num_motion_clips=ns.motion_clips, seed=ns.seed)
+    if ns.out:
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.out).write_text(json.dumps(report, indent=2))
+    return report
 
 
 INSTRUCT_AVATAR_TASK = Task(name="instruct_avatar", model_config=InstructAvatarTaskConfig,
                             data_config=InstructAvatarDataConfig, sample_config=InstructAvatarSampleConfig,
                             build_model=build_model, loss=loss, dataset=dataset, flops_per_example=flops_per_example,
-                            example_batch=example_batch, sample=sample)
+                            example_batch=example_batch, sample=sample, evaluate=evaluate)

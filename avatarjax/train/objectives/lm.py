@@ -70,7 +70,7 @@ def generate(model: DecoderLM, prompt: jax.Array, num_tokens: int, key: jax.Arra
     return buffer
 
 
-def sample(model: DecoderLM, cfg, out_dir, args: list[str]) -> dict:
+def sample(model: DecoderLM, cfg, out_dir, args: list[str], checkpoint=None) -> dict:
     """``avatarjax sample ... -- --prompt TEXT --tokens N --temperature T``: write generated text."""
     import argparse
     from pathlib import Path
