@@ -145,7 +145,9 @@ def cmd_sample(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    """``avatarjax export --workdir W --out DIR [--step N] [--dtype float16] [--no-ema] [--overwrite]``."""
+    """``avatarjax export --workdir W --out DIR [--step N] [--dtype float16] [--no-ema] [--overwrite]
+    [--config.a.b=v ...]``: overrides change the exported config (e.g. where a shipped model finds its VAE)."""
+    argv, overrides = _split_overrides(argv)
     p = argparse.ArgumentParser(prog="avatarjax export")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
@@ -156,7 +158,8 @@ def cmd_export(argv: list[str]) -> int:
     ns = p.parse_args(argv)
     from avatarjax.train.export import export_model
 
-    _print(export_model(ns.workdir, ns.out, step=ns.step, dtype=ns.dtype, use_ema=ns.ema, overwrite=ns.overwrite))
+    _print(export_model(ns.workdir, ns.out, step=ns.step, dtype=ns.dtype, use_ema=ns.ema, overwrite=ns.overwrite,
+                        overrides=overrides))
     return 0
 
 

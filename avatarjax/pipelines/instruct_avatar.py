@@ -59,6 +59,7 @@ class InstructAvatarPipeline:
         self.cfg, self.settings = cfg, system.settings
         self.frame_size = vae_cfg.model.frame_size
         self.text = InstructionFeatures(cfg.data.text_encoder, cfg.data.text_len)
+        self.frontend = task.AudioFrontend(cfg.data.audio_frontend)
         self._graphdef, self._state = nnx.split(system)
         self._vae_graphdef, self._vae_state = nnx.split(vae)
         self._vae_cfg = vae_cfg.model
@@ -162,6 +163,9 @@ class InstructAvatarPipeline:
         appearance, keyframe = self._vae("encode")(self._vae_state, jnp.asarray(portrait[None]))
         batch = {"audio": jnp.asarray(wave[None]), "mask": jnp.ones((1, frames), bool),
                  "audio_flag": jnp.array([int(talking)], jnp.int32), "keyframe": keyframe, **text}
+        features = self.frontend.clip_features(wave)
+        if features is not None:
+            batch["audio_features"] = jnp.asarray(features[None])
         key = jax.random.key(opts.seed)
         noise = jax.random.normal(jax.random.fold_in(key, 1), (1, frames, settings_latent_dim(self.settings)))
         latents, pose = self._generator(opts, frames)(self._state, batch, noise, key)

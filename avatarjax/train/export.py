@@ -113,11 +113,12 @@ def _load_export(directory: Path, overrides, cfg: Config | None) -> tuple[nnx.Mo
 
 
 def export_model(workdir: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "float32",
-                 use_ema: bool = True, overwrite: bool = False) -> dict[str, Any]:
+                 use_ema: bool = True, overwrite: bool = False, overrides: list[str] | tuple[str, ...] = ()
+                 ) -> dict[str, Any]:
     """Write the export of ``workdir``'s checkpoint to ``out`` (built beside it, then moved into place)."""
     if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:  # fail before loading anything
         raise CheckpointError(f"'{out}' already exists and is not empty: choose a new --out or pass --overwrite")
-    model, cfg = load_model(workdir, step=step, use_ema=use_ema)
+    model, cfg = load_model(workdir, step=step, use_ema=use_ema, overrides=overrides)
     from avatarjax.checkpoint.manager import saved_steps
 
     chosen = step if step is not None else saved_steps(Path(workdir) / "checkpoints")[-1]

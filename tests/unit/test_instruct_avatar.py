@@ -169,3 +169,24 @@ def test_tiny_training_loss_falls_then_pipeline_samples(vae_export, tmp_path):
         pipe.sample(portrait, audio, "  ")
     with pytest.raises(DataError, match="shorter"):
         pipe.sample(portrait, audio[:1000], "Talk happily.")
+
+
+def test_wav2vec2_frontend_gives_two_features_per_frame(tmp_path):
+    torch = pytest.importorskip("torch")
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from avatarjax.train.objectives.instruct_avatar import AudioFrontend
+
+    torch.manual_seed(0)
+    hf = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        conv_dim=(16,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+    Wav2Vec2Model(hf).eval().save_pretrained(tmp_path / "w2v", safe_serialization=True)
+    frontend = AudioFrontend(f"wav2vec2:{tmp_path / 'w2v'}")
+    wave = (np.random.default_rng(0).standard_normal(37 * 640) * 0.1).astype(np.float32)
+    feats = frontend.clip_features(wave)
+    assert frontend.dim == 16 and feats.shape == (74, 16) and np.isfinite(feats).all()
+    # features are aligned in time: a prefix gives (nearly) the same features; only the per-clip normalisation
+    # statistics differ
+    head = frontend.clip_features(wave[:20 * 640])
+    np.testing.assert_allclose(head[:30], feats[:30], atol=1e-2)
+    assert AudioFrontend("mel").clip_features(wave) is None

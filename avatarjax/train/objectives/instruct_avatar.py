@@ -75,6 +75,7 @@ class InstructAvatarTaskConfig:
 class InstructAvatarDataConfig:
     synthface: SynthfaceDataConfig = SynthfaceDataConfig(frame_size=0, audio=True, window=64)
     vae: str = ""  # a motion_vae training workdir or export (required)
+    audio_frontend: str = "mel"  # mel (80-bin log-mel, in the jitted step) | wav2vec2:HF_DIR (frozen CNN features)
     text_encoder: str = "minilm"  # minilm | clip:HF_DIR | bert:DIR
     text_len: int = 32
     keyframe_substitution: bool = True
@@ -124,8 +125,10 @@ def audio_features(audio: jax.Array) -> jax.Array:
 
 
 def conditions(batch: dict, drop: jax.Array | None = None) -> dict:
-    """The generator's ``cond`` from a batch; ``drop`` bool ``[b]`` replaces the instruction by the null one."""
-    cond = {"audio_features": audio_features(batch["audio"]), "mask": batch["mask"],
+    """The generator's ``cond`` from a batch; ``drop`` bool ``[b]`` replaces the instruction by the null one.
+    Audio features come from the batch (a host front-end such as wav2vec2) or, without them, log-mel of the audio."""
+    features = batch["audio_features"] if "audio_features" in batch else audio_features(batch["audio"])
+    cond = {"audio_features": features, "mask": batch["mask"],
             "audio_flag": batch["audio_flag"], "keyframe": batch["keyframe"], "text_pooled": batch["text_pooled"],
             "text_tokens": batch["text_tokens"], "text_mask": batch["text_mask"]}
     if drop is not None:
@@ -196,11 +199,47 @@ def _eps_from_x0(settings: InstructAvatarTaskConfig, x_t, t, x0):
 
 
 # ------------------------------------------------------------------------------------------------------- data
-class ClipLatents:
-    """Per-clip motion latents ``[T, D]`` and key-frame candidates ``[K, D]`` from the frozen motion VAE, memoised
-    by clip index (thread-safe: loader threads share it)."""
+class AudioFrontend:
+    """Host-side audio features for front-ends that are not computed in the step: ``wav2vec2:HF_DIR`` gives the
+    frozen wav2vec2 CNN feature encoder's 512-d features at 50 Hz (two per video frame), as the release feeds its
+    audio encoder; ``mel`` gives None (log-mel runs inside the jitted step)."""
 
-    def __init__(self, vae_path: str, keyframe_candidates: int):
+    def __init__(self, spec: str):
+        self.spec = spec
+        kind, _, path = spec.partition(":")
+        if kind == "mel":
+            self.dim, self._encode = MelConfig().n_mels, None
+        elif kind == "wav2vec2":
+            from avatarjax.encoders import wav2vec2
+
+            model, w2v_cfg = wav2vec2.from_pretrained(path)
+            self.dim = w2v_cfg.conv_dim[-1]
+            self._encode = wav2vec2.jit_forward(model, "feature_encoder")
+            self._normalize = wav2vec2.normalize
+        else:
+            raise ConfigError(f"data.audio_frontend '{spec}' is unknown: use 'mel' or 'wav2vec2:HF_DIR'")
+
+    def clip_features(self, wave: np.ndarray) -> np.ndarray | None:
+        """16 kHz audio ``[T * 640]`` -> ``[2T, dim]`` (None for mel). Padded to a multiple of 1.28 s so that few
+        shapes compile; the conv's last frames are repeated to reach 2T."""
+        if self._encode is None:
+            return None
+        frames = len(wave) // schema.SAMPLES_PER_FRAME
+        bucket = 32 * schema.SAMPLES_PER_FRAME
+        padded = np.zeros(-(-len(wave) // bucket) * bucket, np.float32)
+        padded[:len(wave)] = self._normalize(wave)[0]
+        feats = np.asarray(self._encode(jnp.asarray(padded[None])))[0]
+        feats = feats[:2 * frames]
+        if len(feats) < 2 * frames:
+            feats = np.concatenate([feats, np.repeat(feats[-1:], 2 * frames - len(feats), axis=0)])
+        return feats.astype(np.float32)
+
+
+class ClipLatents:
+    """Per-clip motion latents ``[T, D]``, key-frame candidates ``[K, D]`` (frozen motion VAE) and host audio
+    features ``[2T, F]`` (or None), memoised by clip index (thread-safe: loader threads share it)."""
+
+    def __init__(self, vae_path: str, keyframe_candidates: int, frontend: AudioFrontend):
         from avatarjax.codecs import motion_vae
         from avatarjax.train.export import load_model
 
@@ -211,6 +250,7 @@ class ClipLatents:
         self.frame_size = vae_cfg.model.frame_size
         self.motion_dim = vae_cfg.model.motion_dim
         self.keyframe_candidates = keyframe_candidates
+        self.frontend = frontend
         graphdef, state = nnx.split(vae)
 
         @jax.jit
@@ -220,7 +260,7 @@ class ClipLatents:
             return motion_vae.flatten_motion(mean)
 
         self._encode = encode
-        self._memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._memo: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self._lock = threading.Lock()
 
     def encode_frames(self, frames: np.ndarray, chunk: int = 64) -> np.ndarray:
@@ -232,7 +272,7 @@ class ClipLatents:
             out.append(np.asarray(self._encode(padded))[:len(part)])
         return np.concatenate(out)
 
-    def __call__(self, record: dict, substitute: bool) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, record: dict, substitute: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         clip = int(record["clip"])
         with self._lock:
             hit = self._memo.get(clip)
@@ -242,7 +282,7 @@ class ClipLatents:
                 self._memo[clip] = hit
         return hit
 
-    def _compute(self, record: dict, substitute: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _compute(self, record: dict, substitute: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         ident = identity_lib.Identity.from_vector(np.asarray(record["identity_vector"]))
         state = np.asarray(record["state"], np.float32)
         rng = np.random.default_rng([int(record["clip"]), 11])
@@ -252,7 +292,8 @@ class ClipLatents:
             keyframes = np.stack([keyframe_substitute(s, int(record["emotion"]), rng) for s in keyframes])
         frames = render.render_frames(ident, np.concatenate([state, keyframes]), size=self.frame_size)
         latents = self.encode_frames(frames)
-        return latents[:len(state)], latents[len(state):]
+        features = self.frontend.clip_features(audio_float(record["audio"]))
+        return latents[:len(state)], latents[len(state):], features
 
 
 def keyframe_substitute(state: np.ndarray, emotion: int, rng: np.random.Generator) -> np.ndarray:
@@ -271,7 +312,7 @@ def make_example(record: dict, rng: np.random.Generator | None, cfg: InstructAva
                  latents: ClipLatents, text) -> dict[str, Any]:
     """One fixed-shape window: latents, audio, instruction features, key frame, pose and labels."""
     window = cfg.synthface.window
-    clip_latents, keyframes = latents(record, cfg.keyframe_substitution)
+    clip_latents, keyframes, features = latents(record, cfg.keyframe_substitution)
     start = transforms.window_start(len(clip_latents), window, rng)
     lat, mask = transforms.crop_or_pad(clip_latents, start, window)
     state, _ = transforms.crop_or_pad(np.asarray(record["state"], np.float32), start, window)
@@ -285,6 +326,8 @@ def make_example(record: dict, rng: np.random.Generator | None, cfg: InstructAva
         "audio_flag": np.int32(record["audio_flag"]), "au_active": np.asarray(record["au_active"], bool),
         "intensity": np.int32(record["intensity"]), "emotion": np.int32(record["emotion"]),
     }
+    if features is not None:
+        example["audio_features"], _ = transforms.crop_or_pad(features, 2 * start, 2 * window)
     example.update({k: v[0] for k, v in text([instruction]).items()})
     return example
 
@@ -293,7 +336,12 @@ def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1):
     from avatarjax.encoders.instruction_features import InstructionFeatures
 
     data = cfg.data
-    latents = ClipLatents(data.vae, data.keyframe_candidates)
+    frontend = AudioFrontend(data.audio_frontend)
+    if frontend.dim != cfg.model.net.audio_feature_dim:
+        raise ConfigError(f"audio front-end '{data.audio_frontend}' gives {frontend.dim}-d features but "
+                          f"model.net.audio_feature_dim is {cfg.model.net.audio_feature_dim}: set "
+                          f"--config.model.net.audio_feature_dim={frontend.dim}")
+    latents = ClipLatents(data.vae, data.keyframe_candidates, frontend)
     if latents.motion_dim != cfg.model.net.latent_dim:
         raise ConfigError(f"the motion VAE '{data.vae}' gives {latents.motion_dim}-d motion latents but "
                           f"model.net.latent_dim is {cfg.model.net.latent_dim}: set "
@@ -327,6 +375,7 @@ def example_batch(cfg, batch_size: int):
         "intensity": np.ones((batch_size,), np.int32), "emotion": np.zeros((batch_size,), np.int32),
         "text_pooled": f32(net.text_dim), "text_tokens": f32(length, net.text_dim),
         "text_mask": np.ones((batch_size, length), bool),
+        **({} if cfg.data.audio_frontend == "mel" else {"audio_features": f32(2 * window, net.audio_feature_dim)}),
     }
 
 
