@@ -25,7 +25,7 @@ from flax import nnx
 
 from avatarjax import media
 from avatarjax.codecs import motion_vae
-from avatarjax.config import Config, dataclass_from_overrides
+from avatarjax.config import Config
 from avatarjax.data.synthface import render, schema
 from avatarjax.diffusion import guidance, samplers, schedules
 from avatarjax.errors import AvatarError, DataError
@@ -39,7 +39,7 @@ MIN_FRAMES = 8
 
 @dataclasses.dataclass
 class Generated:
-    """frames uint8 ``[T, S, S, 3]``; latents ``[T, D]`` (VAE units); pose degrees ``[T, 3]`` (predicted from
+    """frames uint8 ``[T, S, S, 3]``; latents ``[T, D]`` (the VAE's own units); pose degrees ``[T, 3]`` (predicted from
     audio); audio float32 ``[T * 640]`` at 16 kHz (silence for motion control); portrait uint8 ``[S, S, 3]``."""
 
     frames: np.ndarray
@@ -53,7 +53,8 @@ class Generated:
 
 
 class InstructAvatarPipeline:
-    def __init__(self, system: task.InstructAvatarSystem, cfg: Config, vae: motion_vae.MotionVAE, vae_cfg: Config):
+    def __init__(self, system: task.InstructAvatarSystem, cfg: Config, vae: motion_vae.MotionVAE, vae_cfg: Config,
+                 latent_stats: tuple[np.ndarray, np.ndarray]):
         from avatarjax.encoders.instruction_features import InstructionFeatures
 
         self.cfg, self.settings = cfg, system.settings
@@ -63,6 +64,7 @@ class InstructAvatarPipeline:
         self._graphdef, self._state = nnx.split(system)
         self._vae_graphdef, self._vae_state = nnx.split(vae)
         self._vae_cfg = vae_cfg.model
+        self._mean, self._std = (jnp.asarray(a) for a in latent_stats)  # the generator's latent standardisation
         self._compiled: dict = {}
 
     @classmethod
@@ -72,8 +74,9 @@ class InstructAvatarPipeline:
         from avatarjax.train.export import load_model
 
         system, cfg = load_model(checkpoint, overrides=overrides)
-        vae_model, vae_cfg = load_model(resolve_vae(vae or cfg.data.vae, checkpoint))
-        return cls(system, cfg, vae_model, vae_cfg)
+        vae_path = resolve_vae(vae or cfg.data.vae, checkpoint)
+        vae_model, vae_cfg = load_model(vae_path)
+        return cls(system, cfg, vae_model, vae_cfg, task.read_latent_statistics(vae_path))
 
     # -- inputs --------------------------------------------------------------------------------------------------
     def _portrait(self, portrait) -> np.ndarray:
@@ -118,9 +121,8 @@ class InstructAvatarPipeline:
                 cond = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), cond, task.conditions({**batch, **empty}))
             c = net.encode_conditions(cond, None, False)
             denoise = lambda x_t, t: net.denoise(x_t, t, c)
-            if scale != 1.0:
-                denoise = guidance.batched_cfg_denoise(
-                    lambda x2, t2: net.denoise(x2, t2, c), scale)
+            if scale != 1.0:  # one doubled batch per step: conditional rows first, then the null instruction
+                denoise = guidance.batched_cfg_denoise(denoise, scale)
             x0 = _run_sampler(options, d, denoise, noise, key)
             pose = c["pose_pred"][:noise.shape[0]]
             return x0 / d.latent_scale, pose
@@ -161,14 +163,16 @@ class InstructAvatarPipeline:
         frames = len(wave) // SAMPLES_PER_FRAME
         t0 = time.perf_counter()
         appearance, keyframe = self._vae("encode")(self._vae_state, jnp.asarray(portrait[None]))
+        keyframe = (keyframe - self._mean) / self._std
         batch = {"audio": jnp.asarray(wave[None]), "mask": jnp.ones((1, frames), bool),
                  "audio_flag": jnp.array([int(talking)], jnp.int32), "keyframe": keyframe, **text}
         features = self.frontend.clip_features(wave)
         if features is not None:
             batch["audio_features"] = jnp.asarray(features[None])
         key = jax.random.key(opts.seed)
-        noise = jax.random.normal(jax.random.fold_in(key, 1), (1, frames, settings_latent_dim(self.settings)))
+        noise = jax.random.normal(jax.random.fold_in(key, 1), (1, frames, self.settings.net.latent_dim))
         latents, pose = self._generator(opts, frames)(self._state, batch, noise, key)
+        latents = latents * self._std + self._mean
         rendered = motion_vae.to_uint8(self._vae("decode")(self._vae_state, appearance, latents[0]))
         elapsed = time.perf_counter() - t0
         info = {"frames": frames, "seconds": frames / FPS, "wall_s": round(elapsed, 3),
@@ -206,10 +210,6 @@ def resolve_vae(path: str | Path, checkpoint: str | Path | None) -> Path:
                       "motion_vae workdir or export)")
 
 
-def settings_latent_dim(settings: task.InstructAvatarTaskConfig) -> int:
-    return settings.net.latent_dim
-
-
 def _run_sampler(options: InstructAvatarSampleConfig, d: task.DiffusionConfig, denoise, noise, key):
     if d.formulation == "ddpm":
         schedule = schedules.make_discrete_schedule(d.beta_schedule, d.num_train_steps)
@@ -232,7 +232,7 @@ def load(checkpoint: str | Path, *, vae: str | Path | None = None, overrides: tu
 
 def sample_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avatarjax sample (instruct_avatar)")
-    p.add_argument("--portrait", required=True, help=f"portrait image (square, the model's frame size)")
+    p.add_argument("--portrait", required=True, help="portrait image (square, the model's frame size)")
     p.add_argument("--audio", default=None, help="speech (wav/flac/mp3/...; resampled to 16 kHz). Without it: "
                                                  "text-only motion control")
     p.add_argument("--instruction", required=True, help='e.g. "talk happily" or "turn your head to the left"')
@@ -250,13 +250,12 @@ def sample_command(system, cfg: Config, out, args: list[str], checkpoint: str | 
         raise AvatarError(f"unknown sample options {rest}: see `avatarjax sample --help` and --config.sample.*")
     from avatarjax.train.export import load_model
 
-    vae_model, vae_cfg = load_model(resolve_vae(ns.vae or cfg.data.vae, checkpoint))
-    pipe = InstructAvatarPipeline(system, cfg, vae_model, vae_cfg)
+    vae_path = resolve_vae(ns.vae or cfg.data.vae, checkpoint)
+    vae_model, vae_cfg = load_model(vae_path)
+    pipe = InstructAvatarPipeline(system, cfg, vae_model, vae_cfg, task.read_latent_statistics(vae_path))
     portrait = media.read_image(ns.portrait, pipe.frame_size, resize=ns.resize)
     result = pipe.sample(portrait, ns.audio, ns.instruction, num_frames=ns.frames)
     out = Path(out)
     target = out if out.suffix else out / ns.name
     return pipe.write(result, target)
 
-
-__all__ = ["Generated", "InstructAvatarPipeline", "load", "sample_command", "dataclass_from_overrides"]

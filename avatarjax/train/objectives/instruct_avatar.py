@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -39,6 +41,7 @@ from avatarjax.nn.melspec import MelConfig, log_mel
 from avatarjax.train.task import Task
 
 POSE_SCALE = 30.0  # degrees -> the pose head's unit
+STATS_FILE = "motion_latent_stats.json"
 MEL_SHIFT, MEL_SCALE = 4.5, 2.5  # log-mel (floor log 1e-5 = -11.5) -> roughly zero mean, unit spread
 
 
@@ -260,8 +263,30 @@ class ClipLatents:
             return motion_vae.flatten_motion(mean)
 
         self._encode = encode
+        self.mean = self.std = None  # set by standardize(); until then latents are raw
         self._memo: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self._lock = threading.Lock()
+
+    def standardize(self, vae_path: str, world: SynthfaceDataConfig) -> None:
+        """From now on return standardised latents (see ``statistics``)."""
+        self.mean, self.std = self.statistics(vae_path, world)
+        self._memo.clear()
+
+    def statistics(self, vae_path: str, world: SynthfaceDataConfig, clips: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std ``[D]`` of the motion latents over ``clips`` training clips, kept in the VAE
+        directory (``motion_latent_stats.json``) so that training and sampling standardise identically. The
+        latents vary little around per-dimension offsets (std 0.05-0.5 around means near 1 for the small VAE):
+        standardising gives the diffusion unit-variance targets."""
+        path = Path(vae_path) / STATS_FILE
+        if path.exists():
+            return read_latent_statistics(vae_path)
+        src = source(world, "train")
+        values = np.concatenate([self._compute(src[i], False)[0] for i in range(min(clips, len(src)))])
+        mean, std = values.mean(0), np.maximum(values.std(0), 1e-3)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"mean": mean.tolist(), "std": std.tolist(), "clips": clips}))
+        tmp.replace(path)
+        return mean.astype(np.float32), std.astype(np.float32)
 
     def encode_frames(self, frames: np.ndarray, chunk: int = 64) -> np.ndarray:
         """uint8 ``[N, S, S, 3]`` -> ``[N, D]`` in fixed-size chunks (one compilation)."""
@@ -292,8 +317,20 @@ class ClipLatents:
             keyframes = np.stack([keyframe_substitute(s, int(record["emotion"]), rng) for s in keyframes])
         frames = render.render_frames(ident, np.concatenate([state, keyframes]), size=self.frame_size)
         latents = self.encode_frames(frames)
+        if self.mean is not None:
+            latents = (latents - self.mean) / self.std
         features = self.frontend.clip_features(audio_float(record["audio"]))
         return latents[:len(state)], latents[len(state):], features
+
+
+def read_latent_statistics(vae_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) ``[D]`` written beside the motion VAE by the generator's training run."""
+    path = Path(vae_path) / STATS_FILE
+    if not path.exists():
+        raise ConfigError(f"'{path}' is missing: the motion VAE's latent statistics are written by the generator's "
+                          "training run; use the VAE the generator was trained with")
+    stats = json.loads(path.read_text())
+    return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
 
 
 def keyframe_substitute(state: np.ndarray, emotion: int, rng: np.random.Generator) -> np.ndarray:
@@ -346,6 +383,7 @@ def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1):
         raise ConfigError(f"the motion VAE '{data.vae}' gives {latents.motion_dim}-d motion latents but "
                           f"model.net.latent_dim is {cfg.model.net.latent_dim}: set "
                           f"--config.model.net.latent_dim={latents.motion_dim}")
+    latents.standardize(data.vae, data.synthface)
     text = InstructionFeatures(data.text_encoder, data.text_len)
     if text.dim != cfg.model.net.text_dim:
         raise ConfigError(f"text encoder '{data.text_encoder}' gives {text.dim}-d features but model.net.text_dim "
@@ -402,8 +440,9 @@ def evaluate(model: InstructAvatarSystem, cfg, args: list[str], checkpoint=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the report to this JSON file")
     ns = p.parse_args(args)
-    vae, vae_cfg = load_model(resolve_vae(cfg.data.vae, checkpoint))
-    pipe = InstructAvatarPipeline(model, cfg, vae, vae_cfg)
+    vae_path = resolve_vae(cfg.data.vae, checkpoint)
+    vae, vae_cfg = load_model(vae_path)
+    pipe = InstructAvatarPipeline(model, cfg, vae, vae_cfg, read_latent_statistics(vae_path))
     report = instruct_avatar_eval.evaluate(pipe, instruct_avatar_eval.Reader(ns.reader), num_clips=ns.clips,
                                            num_motion_clips=ns.motion_clips, seed=ns.seed)
     if ns.out:
