@@ -70,3 +70,7 @@ DATASETS.register("synthface", "avatarjax.data.synthface.commands:SYNTHFACE_COMM
 DATASETS.register("synthface_dyadic", "avatarjax.data.synthface.commands:DYADIC_COMMANDS")
 BENCHMARKS.register("encoders", "avatarjax.encoders.bench:bench_encoders")
 BENCHMARKS.register("data", "avatarjax.data.synthface.commands:bench_data")
+TASKS.register("motion_vae", "avatarjax.train.objectives.motion_vae:MOTION_VAE_TASK")
+TASKS.register("face_reader", "avatarjax.train.objectives.face_reader:FACE_READER_TASK")
+TASKS.register("instruct_avatar", "avatarjax.train.objectives.instruct_avatar:INSTRUCT_AVATAR_TASK")
+BENCHMARKS.register("instructavatar", "avatarjax.pipelines.instruct_avatar_bench:bench_instructavatar")

@@ -1,0 +1,285 @@
+"""The InstructAvatar motion/appearance VAE on synthface: rebuild frame i of identity A from the appearance of
+frame j of A and the motion of frame i as worn by another identity B.
+
+Each example comes from one synthface clip (a record of the ``data.synthface`` world): frames i and j are drawn
+at random and rendered at ``data.frame_size``:
+
+- ``target`` = (A, state_i), what the decoder must produce;
+- ``source`` = (A, state_j), read by the appearance encoder;
+- ``driver`` = (B, state_i), read by the motion encoder, where with probability ``swap_prob`` B is another
+  identity of the same split (else B = A and driver = target). The swap forces the motion latent to carry the
+  expression and pose but no identity.
+
+Loss = l1_weight * L1 + kl_weight * KL + the optional GAN terms. L1 is the mean over pixels; the KL of both
+posteriors is summed over latent dims and divided by the pixel count, so ``kl_weight`` keeps its SD meaning
+(relative to the L1 summed over pixels). The PatchGAN discriminator is a submodule of the same model, trained
+by the same optimizer; its parameters are disjoint from the VAE's, so one gradient of the sum serves both:
+
+- generator terms (hinge ``-D(fake)`` and the "perceptual" L1 between discriminator features of real and fake
+  frames) run the discriminator with ``stop_gradient`` on its parameters: they train only the VAE;
+- the discriminator term (hinge ``relu(1 - D(real)) + relu(1 + D(fake))``) sees ``stop_gradient(fake)``: it
+  trains only the discriminator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from avatarjax.codecs import motion_vae as mv
+from avatarjax.config import dtype_of
+from avatarjax.data import pipeline
+from avatarjax.data.synthface import identity as identity_lib, render
+from avatarjax.data.synthface.loader import SynthfaceDataConfig, source as synthface_source
+from avatarjax.errors import ConfigError
+from avatarjax.train.task import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class MotionVAEDataConfig:
+    synthface: SynthfaceDataConfig = SynthfaceDataConfig()  # only its world, data_dir and loader fields are read
+    frame_size: int = 64  # must equal model.frame_size
+    swap_prob: float = 0.5  # probability that the driver is another identity
+
+
+# ------------------------------------------------------------------------------------------------- data
+class ClipStates:
+    """The records of a synthface source reduced to identity and state track, cached after first use.
+
+    Generating a procedural clip costs ~30 ms (audio, keypoints); rendering the three frames an example needs
+    costs ~0.5 ms. Cached per process: ~7 KB per clip.
+    """
+
+    def __init__(self, records):
+        self.records = records
+        self.cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        if index not in self.cache:
+            record = self.records[index]
+            self.cache[index] = {key: record[key] for key in ("identity", "identity_vector", "state")}
+        return self.cache[index]
+
+
+def split_identities(cfg: SynthfaceDataConfig, split: str) -> np.ndarray:
+    """Identity indices of ``split`` in the world (the pool swap identities are drawn from)."""
+    return np.array([i for i in range(cfg.num_identities) if identity_lib.identity_split(i) == split])
+
+
+def make_example(clip: dict, rng: np.random.Generator, *, frame_size: int, swap_prob: float, pool: np.ndarray,
+                 world_seed: int) -> dict:
+    """``target``, ``source``, ``driver`` uint8 ``[S, S, 3]``; ``state`` float32 [24] (of target and driver);
+    ``identity``, ``driver_identity`` int32."""
+    state = clip["state"]
+    i, j = rng.integers(len(state), size=2)
+    a = int(clip["identity"])
+    target, src = render.render_frames(identity_lib.Identity.from_vector(clip["identity_vector"]), state[[i, j]],
+                                       frame_size)
+    b, driver = a, target
+    if rng.random() < swap_prob:
+        others = pool[pool != a]
+        b = int(others[rng.integers(len(others))])
+        driver = render.render_frames(identity_lib.sample_identity(b, seed=world_seed), state[i], frame_size)
+    return {"target": target, "source": src, "driver": driver, "state": state[i].astype(np.float32),
+            "identity": np.int32(a), "driver_identity": np.int32(b)}
+
+
+def _check(cfg) -> None:
+    if cfg.data.frame_size != cfg.model.frame_size:
+        raise ConfigError(f"data.frame_size={cfg.data.frame_size} differs from model.frame_size="
+                          f"{cfg.model.frame_size}: set both to the same size")
+    if not 0.0 <= cfg.data.swap_prob <= 1.0:
+        raise ConfigError(f"data.swap_prob must be in [0, 1], got {cfg.data.swap_prob}")
+
+
+def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1, swap_prob: float | None = None):
+    """Batches of ``make_example`` (train: shuffled, repeated; eval: one pass in order). Frame picks and swaps
+    are seeded per row, so eval batches are the same every time. ``swap_prob`` overrides ``data.swap_prob``."""
+    _check(cfg)
+    world = cfg.data.synthface
+    transform_kw = dict(frame_size=cfg.data.frame_size, pool=split_identities(world, split),
+                        swap_prob=cfg.data.swap_prob if swap_prob is None else swap_prob, world_seed=world.world_seed)
+    ds = pipeline.batched(ClipStates(synthface_source(world, split)), batch_size=cfg.train.batch_size,
+                          seed=cfg.seed, shuffle=split == "train", num_epochs=None if split == "train" else 1,
+                          process_index=process_index, process_count=process_count,
+                          transform=lambda clip, rng: make_example(clip, rng, **transform_kw))
+    iterable = pipeline.to_iter(ds, threads=world.threads, prefetch=world.prefetch)
+    if world.workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
+            flags.FLAGS.mark_as_parsed()
+        iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=world.workers,
+                                                                     per_worker_buffer_size=world.prefetch))
+    return iterable
+
+
+def example_batch(cfg, batch_size: int) -> dict:
+    s = cfg.model.frame_size
+    frames = np.zeros((batch_size, s, s, 3), np.uint8)
+    return {"target": frames, "source": frames.copy(), "driver": frames.copy(),
+            "state": np.zeros((batch_size, 24), np.float32), "identity": np.zeros((batch_size,), np.int32),
+            "driver_identity": np.zeros((batch_size,), np.int32)}
+
+
+# ------------------------------------------------------------------------------------------------- model, loss
+def build_model(cfg, rngs: nnx.Rngs) -> mv.MotionVAE:
+    _check(cfg)
+    return mv.MotionVAE(cfg.model, dtype=dtype_of(cfg.train.compute_dtype),
+                        param_dtype=dtype_of(cfg.train.param_dtype), rngs=rngs)
+
+
+def _frozen(module: nnx.Module) -> nnx.Module:
+    """A copy of ``module`` whose parameters are behind ``stop_gradient``."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
+
+
+def loss(model: mv.MotionVAE, batch: dict, key: jax.Array, step: jax.Array):
+    """The weighted objective and its unweighted terms (``l1``, ``kl``, ``psnr``; with the discriminator also
+    ``generator``, ``feature_match``, ``discriminator``)."""
+    cfg = model.cfg
+    target, src, driver = (mv.to_model_range(batch[k]) for k in ("target", "source", "driver"))
+    app_key, mot_key = jax.random.split(key)
+    app_mean, app_logvar = model.encode_appearance(src)
+    mot_mean, mot_logvar = model.encode_motion(driver)
+    recon = model.decode(mv.sample_posterior(app_mean, app_logvar, app_key),
+                         mv.sample_posterior(mot_mean, mot_logvar, mot_key))
+    metrics = {"l1": jnp.mean(jnp.abs(recon - target)),
+               "kl": jnp.mean(mv.kl_divergence(app_mean, app_logvar) + mv.kl_divergence(mot_mean, mot_logvar)),
+               "psnr": jnp.mean(mv.psnr(recon, target))}
+    total = cfg.l1_weight * metrics["l1"] + cfg.kl_weight * metrics["kl"] / (cfg.frame_size ** 2 * 3)
+    if model.discriminator is not None:
+        n = target.shape[0]
+        logits, features = _frozen(model.discriminator)(jnp.concatenate([target, recon]))
+        metrics["generator"] = -jnp.mean(logits[n:])
+        metrics["feature_match"] = sum(jnp.mean(jnp.abs(f[n:] - f[:n])) for f in features) / len(features)
+        logits, _ = model.discriminator(jnp.concatenate([target, jax.lax.stop_gradient(recon)]))
+        metrics["discriminator"] = jnp.mean(jax.nn.relu(1.0 - logits[:n])) + jnp.mean(jax.nn.relu(1.0 + logits[n:]))
+        on = (step >= cfg.disc_start).astype(jnp.float32)
+        total += on * (cfg.adversarial_weight * metrics["generator"]
+                       + cfg.perceptual_weight * metrics["feature_match"] + metrics["discriminator"])
+    return total, metrics
+
+
+def flops_per_example(cfg) -> float:
+    """VAE forward for one frame, plus four discriminator passes (real and fake, frozen and live) when on."""
+    disc = 4 * mv.discriminator_flops(cfg.model) if cfg.model.use_discriminator else 0.0
+    return mv.flops_per_frame(cfg.model) + disc
+
+
+# ------------------------------------------------------------------------------------------------- sampling
+MOVING_THRESHOLD = 16 / 255  # in [-1, 1] units: 8 levels of 255 in some channel
+def _reconstruct(model: mv.MotionVAE, batch: dict) -> dict[str, jax.Array]:
+    """Posterior-mean reconstructions from the driver's motion (``swap``) and from the target's own (``self``),
+    and per-image PSNRs of them and of the source frame itself (``copy``: what ignoring the motion scores), over
+    the whole frame and over the ``moving`` pixels (those that differ between source and target)."""
+    target, src = mv.to_model_range(batch["target"]), mv.to_model_range(batch["source"])
+    app, _ = model.encode_appearance(src)
+    preds = {"swap": model.decode(app, model.encode_motion(mv.to_model_range(batch["driver"]))[0]),
+             "self": model.decode(app, model.encode_motion(target)[0]), "copy": src}
+    moving = jnp.any(jnp.abs(src - target) > MOVING_THRESHOLD, axis=-1, keepdims=True)
+    out = {f"psnr_{name}": mv.psnr(pred, target) for name, pred in preds.items()}
+    out.update({f"psnr_{name}_moving": mv.psnr(pred, target, moving) for name, pred in preds.items()})
+    return {**out, "swap": preds["swap"], "self": preds["self"]}
+
+
+def _encode_motion(model: mv.MotionVAE, frames: np.ndarray, chunk: int) -> np.ndarray:
+    """uint8 frames ``[N, S, S, 3]`` -> flat motion posterior means ``[N, motion_dim]``, in chunks of one shape."""
+    encode = nnx.jit(lambda m, x: mv.flatten_motion(m.encode_motion(mv.to_model_range(x))[0]))
+    padded = np.concatenate([frames, np.zeros((-len(frames) % chunk,) + frames.shape[1:], np.uint8)])
+    out = [np.asarray(encode(model, padded[i:i + chunk])) for i in range(0, len(padded), chunk)]
+    return np.concatenate(out)[:len(frames)]
+
+
+def motion_latent_stats(model: mv.MotionVAE, cfg, clips: int = 16, stride: int = 2, identities: int = 4,
+                        states: int = 64) -> dict[str, float]:
+    """Statistics of the motion posterior means on eval clips (every ``stride``-th frame of the first ``clips``):
+
+    - ``motion_latent_mean`` / ``_std``: over every element (a global normaliser);
+    - ``motion_latent_centred_std``: the std left after removing each dimension's mean (the motion signal);
+    - ``motion_identity_share``: the share of the latent variance explained by identity: ``states`` states each
+      rendered on ``identities`` eval identities; mean variance across identities at a fixed state over the total
+      variance (0 = the motion latent ignores identity).
+    """
+    records = synthface_source(cfg.data.synthface, "eval")
+    size, chunk = cfg.model.frame_size, cfg.train.batch_size
+    tracks = [records[i] for i in range(min(clips, len(records)))]
+    frames = np.concatenate([render.render_frames(identity_lib.Identity.from_vector(r["identity_vector"]),
+                                                  r["state"][::stride], size) for r in tracks])
+    flat = _encode_motion(model, frames, chunk)
+    pool = split_identities(cfg.data.synthface, "eval")[:identities]
+    picked = np.concatenate([r["state"][::stride] for r in tracks])
+    picked = picked[np.linspace(0, len(picked) - 1, states).astype(int)]
+    swapped = np.concatenate([render.render_frames(identity_lib.sample_identity(int(b), cfg.data.synthface.world_seed),
+                                                   picked, size) for b in pool])
+    by_identity = _encode_motion(model, swapped, chunk).reshape(len(pool), states, -1)
+    total = by_identity.reshape(-1, flat.shape[1]).var(0).mean()
+    return {"motion_latent_mean": float(flat.mean()), "motion_latent_std": float(flat.std()),
+            "motion_latent_centred_std": float(np.sqrt(flat.var(0).mean())), "motion_latent_frames": len(flat),
+            "motion_identity_share": float(by_identity.var(0).mean() / total)}
+
+
+def _evaluate(model: mv.MotionVAE, cfg, batches: int) -> tuple[dict[str, float], dict]:
+    """Mean eval PSNRs (see ``_reconstruct``) over ``batches`` eval batches with swap_prob 1, and the first
+    batch with its reconstructions."""
+    run = nnx.jit(_reconstruct)
+    sums: dict[str, list] = {}
+    first = None
+    for n, batch in enumerate(dataset(cfg, "eval", swap_prob=1.0)):
+        if n >= batches:
+            break
+        out = run(model, batch)
+        if first is None:
+            first = {**batch, "swap": np.asarray(out["swap"]), "self": np.asarray(out["self"])}
+        for name, value in out.items():
+            if name.startswith("psnr"):
+                sums.setdefault(name, []).append(np.asarray(value))
+    return {f"eval_{k}": float(np.mean(np.concatenate(v))) for k, v in sums.items()}, first
+
+
+def _parse(args: list[str], prog: str):
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--examples", type=int, default=8, help="columns of the contact sheet (sample)")
+    p.add_argument("--batches", type=int, default=3, help="eval batches (swap_prob 1) for the PSNRs")
+    p.add_argument("--clips", type=int, default=16, help="eval clips for the motion latent statistics")
+    return p.parse_args(args)
+
+
+def evaluate(model: mv.MotionVAE, cfg, args: list[str], checkpoint=None) -> dict:
+    """``avatarjax eval ... [--batches N] [--clips N]``: eval PSNRs of swapped and self reconstructions (whole
+    frame and moving pixels) beside the copy-the-source baseline, and the motion latent statistics."""
+    ns = _parse(args, "avatarjax eval (motion_vae)")
+    metrics, _ = _evaluate(model, cfg, ns.batches)
+    return {**metrics, **motion_latent_stats(model, cfg, clips=ns.clips)}
+
+
+def sample(model: mv.MotionVAE, cfg, out_dir, args: list[str], checkpoint=None) -> dict:
+    """``avatarjax sample ... [--examples N] [--batches N] [--clips N]``: a contact sheet of identity-swapped
+    reconstructions of eval identities (rows: source = appearance, driver = motion, target, swap reconstruction,
+    self reconstruction) and the ``evaluate`` metrics."""
+    ns = _parse(args, "avatarjax sample (motion_vae)")
+    metrics, first = _evaluate(model, cfg, ns.batches)
+    k = min(ns.examples, len(first["target"]))
+    rows = [first["source"], first["driver"], first["target"], mv.to_uint8(first["swap"]), mv.to_uint8(first["self"])]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "motion_vae_sample.png"
+    render.contact_sheet(np.concatenate([row[:k] for row in rows]), columns=k, path=path)
+    return {"output": str(path.absolute()), **metrics, **motion_latent_stats(model, cfg, clips=ns.clips)}
+
+
+MOTION_VAE_TASK = Task(name="motion_vae", model_config=mv.MotionVAEConfig, data_config=MotionVAEDataConfig,
+                       build_model=build_model, loss=loss, dataset=dataset, flops_per_example=flops_per_example,
+                       example_batch=example_batch, sample=sample, evaluate=evaluate)
