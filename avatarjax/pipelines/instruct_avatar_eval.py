@@ -9,7 +9,7 @@ Emotional talking (talking clips of eval identities, a fixed window, the clip's 
   ``gt_video``: the clip itself (the reader's ceiling).
 - Metrics: ``au_f1`` (micro AU-F1 of clip-level AU activations against the ground-truth clip), ``au_emo``
   (fraction of the emotion's AUs active), ``lipsync`` (best mouth/audio correlation within +-200 ms) and its
-  ``lipsync_lag_ms``, ``jitter`` (mean keypoint acceleration, pixels/frame^2).
+  ``lipsync_lag_ms``, ``jitter`` (mean keypoint acceleration, image fractions/frame^2).
 
 Text-only motion control (motion clips): ``motion_agreement`` = 1 - normalised DTW distance between the generated
 and ground-truth trajectories of the control channels the instruction moves (the AU-Temp formula over pose, gaze
@@ -32,7 +32,8 @@ FRAME_MS = 1000.0 / schema.FPS
 
 
 class Reader:
-    """Frames -> (state ``[T, 24]``, keypoints ``[T, 99, 2]`` in pixels) with a trained face reader."""
+    """Frames (+ the identity vector when known) -> (state ``[T, 24]``, keypoints ``[T, 99, 2]`` in normalised image
+    coordinates) with a trained face reader."""
 
     def __init__(self, path: str | Path):
         from avatarjax.models.face_reader import read_frames
@@ -41,8 +42,9 @@ class Reader:
         self.model, self.cfg = load_model(path)
         self._read = read_frames
 
-    def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._read(self.model, frames)
+    def __call__(self, frames: np.ndarray, identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ident = None if identity is None else np.repeat(np.asarray(identity, np.float32)[None], len(frames), 0)
+        out = self._read(self.model, frames, ident)
         return out["state"], out["keypoints"]
 
 
@@ -109,8 +111,8 @@ def evaluate(pipe, reader: Reader, *, num_clips: int = 32, num_motion_clips: int
     settings = defaultdict(lambda: defaultdict(list))
     trues, audios, emotions = [], [], []
 
-    def add(name: str, frames: np.ndarray) -> None:
-        state, kps = reader(frames)
+    def add(name: str, frames: np.ndarray, identity: np.ndarray) -> None:
+        state, kps = reader(frames, identity)
         settings[name]["state"].append(state)
         settings[name]["keypoints"].append(kps)
 
@@ -126,9 +128,9 @@ def evaluate(pipe, reader: Reader, *, num_clips: int = 32, num_motion_clips: int
         for name, text in (("gt_instruction", _instruction(record, rng, "eval")),
                            ("seen_paraphrase", _instruction(record, rng, "train")),
                            ("random_instruction", _random_emotion_instruction(record, rng, "eval"))):
-            add(name, pipe.sample(portrait, audio, text, seed=seed).frames)
-        add("ref", np.repeat(portrait[None], window, axis=0))
-        add("gt_video", render.render_frames(ident, truth, size=size))
+            add(name, pipe.sample(portrait, audio, text, seed=seed).frames, record["identity_vector"])
+        add("ref", np.repeat(portrait[None], window, axis=0), record["identity_vector"])
+        add("gt_video", render.render_frames(ident, truth, size=size), record["identity_vector"])
     report = {name: _scores(settings[name], trues, audios, emotions) for name in
               ("gt_instruction", "seen_paraphrase", "random_instruction", "ref", "gt_video")}
 
@@ -143,7 +145,8 @@ def evaluate(pipe, reader: Reader, *, num_clips: int = 32, num_motion_clips: int
         own = json.loads(record["instructions"])[0]
         other = json.loads(motion[(k + 1) % len(motion)]["instructions"])[0]
         for name, text in (("gt_instruction", own), ("random_instruction", other)):
-            state, _ = reader(pipe.sample(portrait, None, text, num_frames=window, seed=seed).frames)
+            state, _ = reader(pipe.sample(portrait, None, text, num_frames=window, seed=seed).frames,
+                              record["identity_vector"])
             agreement[name].append(au_metrics.au_temp(state, truth, moved, norm="range"))
     report["motion_control"] = {name: float(np.mean(v)) for name, v in agreement.items()}
     report["clips"] = {"talking": len(talking), "motion": len(motion), "window_frames": window}
