@@ -37,6 +37,7 @@ from avatarjax.config import dtype_of
 from avatarjax.data import pipeline
 from avatarjax.data.synthface import identity as identity_lib, render
 from avatarjax.data.synthface.loader import SynthfaceDataConfig, source as synthface_source
+from avatarjax.data.synthface.schema import NUM_CHANNELS
 from avatarjax.errors import ConfigError
 from avatarjax.train.task import Task
 
@@ -77,7 +78,7 @@ def split_identities(cfg: SynthfaceDataConfig, split: str) -> np.ndarray:
 
 def make_example(clip: dict, rng: np.random.Generator, *, frame_size: int, swap_prob: float, pool: np.ndarray,
                  world_seed: int) -> dict:
-    """``target``, ``source``, ``driver`` uint8 ``[S, S, 3]``; ``state`` float32 [24] (of target and driver);
+    """``target``, ``source``, ``driver`` uint8 ``[S, S, 3]``; ``state`` float32 ``[24]`` (of target and driver);
     ``identity``, ``driver_identity`` int32."""
     state = clip["state"]
     i, j = rng.integers(len(state), size=2)
@@ -124,10 +125,11 @@ def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1, swa
 
 
 def example_batch(cfg, batch_size: int) -> dict:
+    """Zeros with the shapes and dtypes of a ``dataset`` batch."""
     s = cfg.model.frame_size
     frames = np.zeros((batch_size, s, s, 3), np.uint8)
     return {"target": frames, "source": frames.copy(), "driver": frames.copy(),
-            "state": np.zeros((batch_size, 24), np.float32), "identity": np.zeros((batch_size,), np.int32),
+            "state": np.zeros((batch_size, NUM_CHANNELS), np.float32), "identity": np.zeros((batch_size,), np.int32),
             "driver_identity": np.zeros((batch_size,), np.int32)}
 
 
@@ -179,6 +181,8 @@ def flops_per_example(cfg) -> float:
 
 # ------------------------------------------------------------------------------------------------- sampling
 MOVING_THRESHOLD = 16 / 255  # in [-1, 1] units: 8 levels of 255 in some channel
+
+
 def _reconstruct(model: mv.MotionVAE, batch: dict) -> dict[str, jax.Array]:
     """Posterior-mean reconstructions from the driver's motion (``swap``) and from the target's own (``self``),
     and per-image PSNRs of them and of the source frame itself (``copy``: what ignoring the motion scores), over

@@ -1,0 +1,1 @@
+"""Preprocessing of real and synthetic videos before training: face localisation and cropping (``pfl``)."""
