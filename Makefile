@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-train demo-lm test test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,34 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The InstructAvatar demo samples from the small checkpoints the repo ships (assets/instructavatar_small, produced
+# by `make demo-train`): a held-out synthface identity speaks a synthetic utterance as instructed, then moves as
+# told without audio.
+IA_ASSETS ?= assets/instructavatar_small
 demo: $(STAMP)
-	$(BIN)/avatarjax train --config configs/lm/synthface_small.py --workdir $(DEMO_DIR)
-	$(BIN)/avatarjax sample --config configs/lm/synthface_small.py --workdir $(DEMO_DIR) -- --prompt "def " --tokens 300
-	@echo "demo output: $(abspath $(DEMO_DIR)) (metrics.jsonl, tb/, checkpoints/, samples/)"
+	$(BIN)/python -m avatarjax.pipelines.demo_inputs $(DEMO_DIR)/inputs --size 64 --seconds 4
+	$(BIN)/avatarjax sample --checkpoint $(IA_ASSETS)/generator --out $(DEMO_DIR) -- \
+		--portrait $(DEMO_DIR)/inputs/portrait.png --audio $(DEMO_DIR)/inputs/speech.wav \
+		--instruction "talk with a big happy smile" --name talking_happy.mp4
+	$(BIN)/avatarjax sample --checkpoint $(IA_ASSETS)/generator --out $(DEMO_DIR) -- \
+		--portrait $(DEMO_DIR)/inputs/portrait.png --instruction "turn your head to the left" --frames 75 \
+		--name motion_turn_left.mp4
+	@echo "demo output: $(abspath $(DEMO_DIR)) (talking_happy.mp4, motion_turn_left.mp4, contact sheets, motion JSON)"
+
+# Reproduces the shipped checkpoints: the motion VAE, then the generator on its latents, each exported in float16.
+demo-train: $(STAMP)
+	$(BIN)/avatarjax train --config configs/motion_vae/synthface_small.py --workdir outputs/motion_vae
+	$(BIN)/avatarjax export --workdir outputs/motion_vae --out $(IA_ASSETS)/motion_vae --dtype float16
+	$(BIN)/avatarjax train --config configs/instructavatar/synthface_small.py --workdir outputs/instructavatar \
+		--config.data.vae=$(IA_ASSETS)/motion_vae
+	$(BIN)/avatarjax export --workdir outputs/instructavatar --out $(IA_ASSETS)/generator --dtype float16 \
+		--config.data.vae=../motion_vae
+
+# The decoder-LM demo (the Body of Her backbone on the bytes of this repository).
+demo-lm: $(STAMP)
+	$(BIN)/avatarjax train --config configs/lm/synthface_small.py --workdir outputs/demo_lm
+	$(BIN)/avatarjax sample --config configs/lm/synthface_small.py --workdir outputs/demo_lm -- --prompt "def " --tokens 300
+	@echo "demo output: $(abspath outputs/demo_lm) (metrics.jsonl, tb/, checkpoints/, samples/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests

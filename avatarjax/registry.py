@@ -74,3 +74,6 @@ TASKS.register("motion_vae", "avatarjax.train.objectives.motion_vae:MOTION_VAE_T
 TASKS.register("face_reader", "avatarjax.train.objectives.face_reader:FACE_READER_TASK")
 TASKS.register("instruct_avatar", "avatarjax.train.objectives.instruct_avatar:INSTRUCT_AVATAR_TASK")
 BENCHMARKS.register("instructavatar", "avatarjax.pipelines.instruct_avatar_bench:bench_instructavatar")
+TASKS.register("posnet", "avatarjax.train.objectives.posnet:POSNET_TASK")
+TASKS.register("reaction", "avatarjax.train.objectives.reaction:REACTION_TASK")
+BENCHMARKS.register("posnet", "avatarjax.pipelines.reaction:bench_posnet")
