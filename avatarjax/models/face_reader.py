@@ -17,6 +17,11 @@ face. Every synthface video we read has a known identity (the generator's condit
 None) a learned "unknown identity" embedding stands in; training drops the identity of a fraction
 ``identity_dropout`` of the frames so that both ways of reading are learned.
 
+Reference frame (``reference=True``). The identity vector determines the face's neutral render exactly, so the
+reader can instead be shown that render beside the frame (6 input channels): an AU is then a pixel displacement
+between two aligned images rather than an offset from a position predicted from 19 numbers, which is what a
+convolutional network reads well. Frames read blind get a zero reference.
+
 Output normalisation (what the heads predict):
 - keypoints: ``(kp - 0.5) / KEYPOINT_SCALE`` for normalised image keypoints ``kp`` (``geometry.keypoints``
   convention: x right, y down, the frame is [0, 1]^2), so a face-sized spread is about unit scale;
@@ -61,6 +66,8 @@ class FaceReaderConfig:
     identity_dropout: float = 0.25  # fraction of training frames read without their identity
     joint: int = 512
     groups: int = 8  # GroupNorm groups
+    # also read a neutral render of the known identity, stacked on the frame's channels (see "Reference frame")
+    reference: bool = False
 
     @property
     def final_size(self) -> int:
@@ -112,7 +119,8 @@ class FaceReader(nnx.Module):
                              f"{cfg.patch * 2 ** (len(cfg.channels) - 1)}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cfg = cfg
-        self.stem = Conv(3 * cfg.patch ** 2, cfg.stem_channels, 3, **kw)
+        in_channels = 6 if cfg.reference else 3
+        self.stem = Conv(in_channels * cfg.patch ** 2, cfg.stem_channels, 3, **kw)
         stages, ch = [], cfg.stem_channels
         for i, out in enumerate(cfg.channels):
             blocks = [Downsample2d(ch, **kw)] if i else []
@@ -131,12 +139,18 @@ class FaceReader(nnx.Module):
         self.state_head = Dense(cfg.joint, schema.NUM_CHANNELS, axes=("embed", None), **kw)
 
     def __call__(self, x: jax.Array, identity: jax.Array | None = None, *, known: jax.Array | None = None,
-                 normalised: bool = False) -> dict[str, jax.Array]:
+                 reference: jax.Array | None = None, normalised: bool = False) -> dict[str, jax.Array]:
         size, p = self.cfg.image_size, self.cfg.patch
         if x.shape[1:] != (size, size, 3):
             raise ValueError(f"FaceReader expects frames [N, {size}, {size}, 3], got {x.shape}")
         n = x.shape[0]
-        x = x.reshape(n, size // p, p, size // p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, size // p, size // p, -1)
+        if self.cfg.reference:
+            ref = jnp.zeros_like(x) if reference is None else reference.astype(x.dtype)
+            if known is not None:
+                ref = jnp.where(known[:, None, None, None], ref, 0.0)
+            x = jnp.concatenate([x, ref], axis=-1)
+        c = x.shape[-1]
+        x = x.reshape(n, size // p, p, size // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, size // p, size // p, -1)
         h = constrain(self.stem(x), _ACT)
         for stage in self.stages:
             for block in stage:
@@ -157,7 +171,7 @@ class FaceReader(nnx.Module):
 def face_reader_flops(cfg: FaceReaderConfig) -> float:
     """Forward FLOPs of one frame (2 per multiply-add of every conv and dense layer; norms ignored)."""
     size, ch = cfg.image_size // cfg.patch, cfg.stem_channels
-    flops = 2 * size * size * 9 * 3 * cfg.patch ** 2 * ch
+    flops = 2 * size * size * 9 * (6 if cfg.reference else 3) * cfg.patch ** 2 * ch
     for i, out in enumerate(cfg.channels):
         if i:
             size //= 2
@@ -172,8 +186,21 @@ def face_reader_flops(cfg: FaceReaderConfig) -> float:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _read(graphdef, state, frames: jax.Array, identity: jax.Array | None) -> dict[str, jax.Array]:
-    return nnx.merge(graphdef, state)(frames_to_input(frames), identity)
+def _read(graphdef, state, frames: jax.Array, identity: jax.Array | None,
+          reference: jax.Array | None) -> dict[str, jax.Array]:
+    ref = None if reference is None else frames_to_input(reference)
+    return nnx.merge(graphdef, state)(frames_to_input(frames), identity, reference=ref)
+
+
+def neutral_references(identity: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[N, S, S, 3]`` neutral renders of identity vectors ``[N, 19]`` (each distinct identity drawn once)."""
+    from avatarjax.data.synthface import identity as identity_lib, render
+
+    identity = np.asarray(identity, np.float32)
+    unique, inverse = np.unique(identity, axis=0, return_inverse=True)
+    drawn = np.stack([render.render_frames(identity_lib.Identity.from_vector(v), schema.neutral_state(1), size)[0]
+                      for v in unique])
+    return drawn[np.asarray(inverse).reshape(-1)]
 
 
 def read_frames(model: FaceReader, frames: np.ndarray, identity: np.ndarray | None = None,
@@ -198,10 +225,13 @@ def read_frames(model: FaceReader, frames: np.ndarray, identity: np.ndarray | No
     frames = np.concatenate([frames, np.zeros((pad,) + frames.shape[1:], np.uint8)])
     if identity is not None:
         identity = np.broadcast_to(np.asarray(identity, np.float32), (total, IDENTITY_DIM))
-        identity = np.concatenate([identity, np.zeros((pad, IDENTITY_DIM), np.float32)])
+        identity = np.concatenate([identity, np.repeat(identity[-1:], pad, axis=0)])  # padding: any real face
     graphdef, state = nnx.split(model)
+    use_reference = model.cfg.reference and identity is not None
     chunk_identity = lambda i: None if identity is None else identity[i:i + chunk]
-    outs = [jax.device_get(_read(graphdef, state, frames[i:i + chunk], chunk_identity(i)))
+    chunk_reference = lambda i: (neutral_references(identity[i:i + chunk], model.cfg.image_size) if use_reference
+                                 else None)
+    outs = [jax.device_get(_read(graphdef, state, frames[i:i + chunk], chunk_identity(i), chunk_reference(i)))
             for i in range(0, total + pad, chunk)]
     kp = np.concatenate([o["keypoints"] for o in outs])[:total]
     st = np.concatenate([o["state"] for o in outs])[:total]

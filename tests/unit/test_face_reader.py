@@ -8,7 +8,7 @@ from flax import nnx
 
 from avatarjax.config import load_config
 from avatarjax.data.synthface import dynamics, geometry, identity as identity_lib, loader, render, schema
-from avatarjax.models.face_reader import au_from_frames, normalise_state, read_frames
+from avatarjax.models.face_reader import au_from_frames, neutral_references, normalise_state, read_frames
 from avatarjax.train.export import load_model
 from avatarjax.train.loop import Trainer
 from avatarjax.train.objectives import face_reader as task
@@ -83,6 +83,9 @@ def test_examples_match_rerendering():
     assert np.all(example["state"] >= schema.LOW) and np.all(example["state"] <= schema.HIGH)
     gaze = example["state"][:, schema.GAZE_SLICE]
     assert np.all(gaze[:, 0] * gaze[:, 1] == 0) and np.all(gaze[:, 2] * gaze[:, 3] == 0)  # canonical gaze
+    for i in range(n):  # the reference is the neutral render of each frame's identity
+        ident = identity_lib.Identity.from_vector(example["identity_vector"][i])
+        np.testing.assert_array_equal(example["reference"][i], render.render_frames(ident, schema.neutral_state(1), s)[0])
     held = task.make_example(record, np.random.default_rng(3), cfg.data, train=False)
     np.testing.assert_array_equal(held["identity_vector"], np.repeat(record["identity_vector"][None], n, 0))
 
@@ -107,3 +110,25 @@ def test_sample_report(trained, tmp_path):
     assert (tmp_path / "face_reader_sheet.png").stat().st_size > 0
     assert set(report["state_mae"]) == {"au", "gaze", "pose", "mouth", "translation"}
     assert {"au_f1", "keypoint_error_px", "mouth_open_corr", "gaze_mae_deg", "pose_mae_deg"} <= set(report["blind"])
+
+
+def test_reference_frame_reader():
+    """``reference=True``: the neutral render of the given identity is read beside the frame; read blind, the
+    reference is zero (so a known identity changes the reading and frames marked unknown ignore it)."""
+    cfg = _cfg("--config.model.reference=true")
+    with nnx.use_eager_sharding(False):
+        model = task.build_model(cfg, nnx.Rngs(0))
+    s = cfg.model.image_size
+    frames, identity = _frames(3, s, seed=4)
+    ref = neutral_references(np.stack([identity] * 3), s)
+    face = identity_lib.Identity.from_vector(identity)
+    np.testing.assert_array_equal(ref[1], render.render_frames(face, schema.neutral_state(1), s)[0])
+    x, ids = frames.astype(np.float32) / 127.5 - 1, np.stack([identity] * 3)
+    r = ref.astype(np.float32) / 127.5 - 1
+    known = np.array([True, False, True])
+    full, blind, mixed = (model(x, ids, reference=r), model(x), model(x, ids, known=known, reference=r))
+    np.testing.assert_allclose(mixed["state"][~known], blind["state"][~known], atol=1e-5)
+    np.testing.assert_allclose(mixed["state"][known], full["state"][known], atol=1e-5)
+    read = read_frames(model, frames, identity, batch=2)
+    np.testing.assert_allclose(normalise_state(read["state"]), normalise_state(np.clip(
+        np.asarray(full["state"]), schema.LOW, schema.HIGH)), atol=1e-5)

@@ -10,7 +10,8 @@ identities; the generators we evaluate produce combinations the clips rarely sho
 channels, fills the region around the AU thresholds (where AU-F1 is decided) and, with fresh identities (only
 training-split indices), widens the face shapes and colours the reader sees; the held-out identities stay unseen.
 
-Batch (per record, ``F = frames_per_clip``): ``frames`` uint8 ``[F, S, S, 3]``, ``state`` float32 ``[F, 24]``,
+Batch (per record, ``F = frames_per_clip``): ``frames`` uint8 ``[F, S, S, 3]``, ``reference`` uint8 ``[F, S, S, 3]``
+(the neutral render of each frame's identity, read when ``model.reference``), ``state`` float32 ``[F, 24]``,
 ``keypoints`` float32 ``[F, 99, 2]`` (``geometry.keypoints`` of that state), ``identity_vector`` float32
 ``[F, 19]`` (what the frame was drawn with).
 
@@ -102,6 +103,8 @@ def make_example(record: dict, rng: np.random.Generator, cfg: FaceReaderDataConf
     ident = identity_lib.Identity.from_vector(record["identity_vector"])
     frames = render.render_frames(ident, state, cfg.frame_size)
     identity_vector = np.repeat(np.asarray(record["identity_vector"], np.float32)[None], n, 0)
+    neutral = lambda face: render.render_frames(face, schema.neutral_state(1), cfg.frame_size)[0]
+    reference = np.repeat(neutral(ident)[None], n, 0)
     perturbed = rng.random(n) < (cfg.perturb_prob if train else 0.0)
     if perturbed.any():
         fresh = _training_identity(rng, cfg.synthface.world_seed)
@@ -109,7 +112,9 @@ def make_example(record: dict, rng: np.random.Generator, cfg: FaceReaderDataConf
         keypoints[perturbed] = geometry.keypoints(fresh, state[perturbed])
         frames[perturbed] = render.render_frames(fresh, state[perturbed], cfg.frame_size)
         identity_vector[perturbed] = fresh.to_vector()
-    return {"frames": frames, "state": state, "keypoints": keypoints, "identity_vector": identity_vector}
+        reference[perturbed] = neutral(fresh)
+    return {"frames": frames, "state": state, "keypoints": keypoints, "identity_vector": identity_vector,
+            "reference": reference}
 
 
 def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1):
@@ -124,6 +129,7 @@ def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1):
 def example_batch(cfg, batch_size: int) -> dict:
     n, s = cfg.data.frames_per_clip, cfg.data.frame_size
     return {"frames": np.zeros((batch_size, n, s, s, 3), np.uint8),
+            "reference": np.zeros((batch_size, n, s, s, 3), np.uint8),
             "state": np.zeros((batch_size, n, schema.NUM_CHANNELS), np.float32),
             "keypoints": np.full((batch_size, n, schema.NUM_KEYPOINTS, 2), 0.5, np.float32),
             "identity_vector": np.zeros((batch_size, n, identity_lib.IDENTITY_DIM), np.float32)}
@@ -144,7 +150,8 @@ def loss(model: FaceReader, batch, key, step):
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
     identity = flat(batch["identity_vector"])
     known = jax.random.bernoulli(key, 1.0 - model.cfg.identity_dropout, identity.shape[:1])
-    out = model(frames_to_input(flat(frames)), identity, known=known, normalised=True)
+    reference = frames_to_input(flat(batch["reference"])) if model.cfg.reference else None
+    out = model(frames_to_input(flat(frames)), identity, known=known, reference=reference, normalised=True)
     kp_true, state_true = flat(batch["keypoints"]), flat(batch["state"])
     kp_loss = jnp.mean(jnp.abs(out["keypoints"] - normalise_keypoints(kp_true)))
     state_loss = jnp.mean(jnp.square(out["state"] - normalise_state(state_true)))
