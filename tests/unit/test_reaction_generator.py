@@ -139,3 +139,24 @@ def test_tiny_training_loss_falls_then_load_and_sample(tmp_path):
     assert written.shape == (cfg.sample.num_reactions, 64, 58)
     assert json.loads((tmp_path / "samples" / "report.json").read_text())["sessions"] == cfg.sample.sessions
     assert report["FRDiv"] > 0 and np.isfinite(report["pose_jump_boundary"])
+
+    # the generated set PosNet trains on: generator output beside the real reactions, train and val splits
+    from avatarjax.pipelines.reaction import read_generated
+
+    for split in ("train", "eval"):
+        REACTION_TASK.sample(model, loaded, tmp_path / "unused", ["--steps", str(STEPS), "--dump",
+                                                                  str(tmp_path / "gen"), "--split", split,
+                                                                  "--sessions", "2", "--reactions", "3"])
+    segment, sessions = read_generated(tmp_path / "gen", "val")
+    assert segment == loaded.model.net.segment and len(sessions) == 2
+    assert sessions[0]["generated"].shape == (3, 64, 58) and sessions[0]["truth"].shape[1:] == (64, 58)
+    assert len(read_generated(tmp_path / "gen", "train")[1]) == 2
+
+
+def test_floating_crop_has_no_translation():
+    from avatarjax.train.objectives.reaction import make_session
+
+    pfl, floating = (make_session(tiny_cfg(f"--config.data.crop={c}").data, "train", 0) for c in ("pfl", "floating"))
+    assert np.abs(pfl["listeners"][..., 55:58]).max() > 0 and np.abs(pfl["speaker"][..., 55:58]).max() > 0
+    assert np.all(floating["listeners"][..., 55:58] == 0) and np.all(floating["speaker"][..., 55:58] == 0)
+    np.testing.assert_array_equal(floating["listeners"][..., :55], pfl["listeners"][..., :55])

@@ -82,6 +82,9 @@ class ReactionDataConfig:
     world_seed: int = 0
     stats_sessions: int = 16  # training sessions the standardisation statistics come from
     first_segment_prob: float = 0.1  # examples that are a clip's first segment (no previous segment)
+    # "pfl": coefficients of the fixed PFL crop (head translation kept); "floating": of a nose-centred floating
+    # crop, which cannot see head translation (the translation coefficients are 0 for speaker and listener)
+    crop: str = "pfl"
     threads: int = 2
     prefetch: int = 4
 
@@ -119,6 +122,8 @@ def check_config(cfg) -> None:
         raise ConfigError(f"model.net.coeff_dim must be 58 (REACT coefficients), got {net.coeff_dim}")
     if data.num_reactions < 1 or data.stats_sessions < 1:
         raise ConfigError("data.num_reactions and data.stats_sessions must be >= 1")
+    if data.crop not in ("pfl", "floating"):
+        raise ConfigError(f"data.crop must be 'pfl' or 'floating', got {data.crop!r}")
     if not 0.0 <= data.first_segment_prob <= 1.0:
         raise ConfigError(f"data.first_segment_prob must be in [0, 1], got {data.first_segment_prob}")
 
@@ -145,10 +150,15 @@ def make_session(data: ReactionDataConfig, split: str, index: int, num_frames: i
     seed, speaker_id, listener_id = session_spec(data, split, index)
     session = generate_session(seed, speaker_id, listener_id, num_frames or data.num_frames, data.num_reactions,
                                split=split)
-    return {"speaker": to_react_coefficients(session.speaker.state),
-            "audio": np.asarray(session.speaker.audio, np.float32),
-            "listeners": np.stack([to_react_coefficients(c.state) for c in session.listeners]),
+    speaker = to_react_coefficients(session.speaker.state)
+    listeners = np.stack([to_react_coefficients(c.state) for c in session.listeners])
+    if data.crop == "floating":  # a nose-centred crop moves with the head: no translation left to see
+        speaker[..., TRANSLATION], listeners[..., TRANSLATION] = 0.0, 0.0
+    return {"speaker": speaker, "audio": np.asarray(session.speaker.audio, np.float32), "listeners": listeners,
             "delays": np.asarray(session.reaction_delays_frames, np.int32)}
+
+
+TRANSLATION = slice(55, 58)  # REACT coefficients: tx, ty, depth
 
 
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -330,6 +340,29 @@ def generation_report(model, cfg, *, sessions: int, num_reactions: int, seed: in
     }
 
 
+def dump_generated(model, cfg, path, *, split: str, sessions: int, num_reactions: int, seed: int,
+                   num_steps: int | None, num_frames: int | None) -> dict:
+    """Generate ``num_reactions`` reactions online for ``sessions`` sessions of ``split`` and add them, with the
+    sessions' real reactions and speaker, to the generated set at ``path`` (``eval`` sessions go to ``val``):
+    PosNet's training and evaluation data, the generator frozen."""
+    from avatarjax.pipelines import reaction as reaction_pipeline
+    from avatarjax.pipelines.reaction_generate import generate_online, segment_length
+
+    seg = segment_length(cfg)
+    rows = []
+    for i in range(sessions):
+        raw = make_session(cfg.data, split, i, num_frames)
+        pred = generate_online(model, cfg, raw["speaker"], raw["audio"], num_reactions=num_reactions,
+                               seed=seed + i + (0 if split == "eval" else 1_000_000), num_steps=num_steps)
+        frames = pred.shape[1]
+        rows.append({"name": f"{split}_{i:04d}", "generated": pred, "truth": raw["listeners"][:, :frames],
+                     "speaker": raw["speaker"][:frames]})
+    index = reaction_pipeline.write_generated(path, "train" if split == "train" else "val", rows, segment=seg,
+                                              source=f"reaction generator, crop={cfg.data.crop}")
+    return {"generated_set": str(Path(path).absolute()), "index": str(index), "split": split, "sessions": sessions,
+            "reactions": num_reactions, "segment": seg}
+
+
 def _parse(args: list[str], cfg, prog: str):
     s = cfg.sample
     p = argparse.ArgumentParser(prog=prog)
@@ -338,6 +371,9 @@ def _parse(args: list[str], cfg, prog: str):
     p.add_argument("--steps", type=int, default=s.num_steps, help="DDIM steps per segment")
     p.add_argument("--frames", type=int, default=s.num_frames or cfg.data.num_frames, help="frames per session")
     p.add_argument("--seed", type=int, default=s.seed)
+    p.add_argument("--dump", default=None, help="write a generated set for PosNet here (pipelines/reaction.py)")
+    p.add_argument("--split", default="eval", choices=("train", "eval"),
+                   help="with --dump: sessions of this split (train: training identities; eval: held-out -> 'val')")
     ns = p.parse_args(args)
     if ns.sessions < 1 or ns.reactions < 1:
         raise ConfigError("--sessions and --reactions must be >= 1")
@@ -348,6 +384,9 @@ def sample(model: ReactionSystem, cfg, out, args: list[str], checkpoint=None) ->
     """``avatarjax sample --checkpoint W [--out DIR] [--sessions N] [--reactions K] [--steps N] [--frames T]``:
     reactions for eval sessions as .npy files plus ``report.json`` (see ``generation_report``)."""
     ns = _parse(args, cfg, "avatarjax sample (reaction)")
+    if ns.dump:
+        return dump_generated(model, cfg, ns.dump, split=ns.split, sessions=ns.sessions, num_reactions=ns.reactions,
+                              seed=ns.seed, num_steps=ns.steps, num_frames=ns.frames)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = generation_report(model, cfg, sessions=ns.sessions, num_reactions=ns.reactions, seed=ns.seed,
