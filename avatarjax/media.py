@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from avatarjax.data.transforms import TARGET_SAMPLE_RATE, resample_audio
+from avatarjax.atomic import atomic_file
 from avatarjax.errors import DataError
 
 _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg"}  # everything else (mp3, m4a, mp4, ...) is decoded by PyAV
@@ -42,18 +42,12 @@ def _existing(path: str | os.PathLike, what: str) -> Path:
 
 @contextlib.contextmanager
 def _atomic(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path in ``path``'s directory (same suffix, so formats are still inferred from it) and
-    renames it to ``path`` when the block succeeds; on any error the temporary file is removed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    """``atomic.atomic_file`` with write errors reported as one clear ``DataError``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            yield tmp
     except OSError as err:
         raise DataError(f"cannot write '{path}' ({err}): check that its directory is writable") from err
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- images

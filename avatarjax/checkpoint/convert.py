@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from avatarjax.atomic import atomic_dir
 from avatarjax.errors import CheckpointError
 
 META_FILE = "avatarjax_model.json"
@@ -193,20 +192,12 @@ def convert(converter: Converter, hf_dir: str | Path, out_dir: str | Path, *, ov
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(f"'{out_dir}' already exists and is not empty: choose a new --to or pass --overwrite")
     model, cfg = from_pretrained(converter, hf_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / "params", nnx.state(model, nnx.Param))
         checkpointer.wait_until_finished()
         meta = {"converter": converter.name, "config": dataclasses.asdict(cfg), "source": str(Path(hf_dir).absolute())}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -21,8 +21,6 @@ Generated sets (what PosNet trains on; the generator is frozen). A directory ``D
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import jax
@@ -30,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from avatarjax.atomic import atomic_file
 from avatarjax.errors import DataError
 
 POSE = slice(52, 58)  # REACT coefficients: 3 rotations (radians) + 3 translations
@@ -37,16 +36,8 @@ POSE = slice(52, 58)  # REACT coefficients: 3 rotations (radians) + 3 translatio
 
 # ------------------------------------------------------------------------------------------------ generated sets
 def _atomic_savez(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def write_generated(out_dir: str | Path, split: str, sessions: list[dict], *, segment: int, source: str = "") -> Path:
@@ -68,9 +59,8 @@ def write_generated(out_dir: str | Path, split: str, sessions: list[dict], *, se
         if s["name"] not in names:
             names.append(s["name"])
     index["source"] = source or index.get("source", "")
-    tmp = index_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, index_path)
+    with atomic_file(index_path) as tmp:
+        tmp.write_text(json.dumps(index, indent=2))
     return index_path
 
 

@@ -10,8 +10,6 @@ checkpoint (half again in float16): the form a repository or a notebook ships.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from avatarjax.atomic import atomic_dir
 from avatarjax.config import Config, config_from_dict, load_workdir_config
 from avatarjax.errors import CheckpointError
 
@@ -141,18 +140,10 @@ def save_export(model: nnx.Module, cfg: Config, out: str | Path, *, step: int = 
     for name, var in _flat(nnx.state(model)).items():
         value = np.asarray(var.get_value())
         weights[name] = value.astype(store) if np.issubdtype(value.dtype, np.floating) else value
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     meta = {"task": cfg.task, "step": int(step), "source": source, "dtype": dtype, "ema": ema}
-    try:
+    with atomic_dir(out) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(cfg.to_json())
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     size = (out / WEIGHTS_FILE).stat().st_size
     return {**meta, "out": str(out), "bytes": size}
