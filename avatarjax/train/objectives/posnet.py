@@ -160,14 +160,34 @@ def smoothing_report(smoother: reaction.PoseSmoother, sessions: list[dict], pose
 
 
 def evaluate(model: PosNet, cfg, args: list[str], checkpoint=None) -> dict:
-    """``avatarjax eval --checkpoint W [-- --split val]``: seam jumps before/after PosNet on a generated set."""
+    """``avatarjax eval --checkpoint W [-- --split val]``: seam jumps before/after PosNet on a generated set.
+
+    ``-- --generator G [--floating F] [--sessions N --reactions K --steps S --frames T]``: the paper's table
+    instead (``pipelines.reaction_eval``): generator G (PFL crop) with and without PosNet, and F (floating crop),
+    generating online on held-out sessions."""
     del checkpoint
     p = argparse.ArgumentParser(prog="avatarjax eval (posnet)")
     p.add_argument("--split", default=cfg.data.eval_split)
     p.add_argument("--generated", default=cfg.data.generated)
+    p.add_argument("--generator", default=None, help="reaction generator trained on PFL-crop data")
+    p.add_argument("--floating", default=None, help="reaction generator trained on floating-crop data")
+    p.add_argument("--sessions", type=int, default=8)
+    p.add_argument("--reactions", type=int, default=10)
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps per segment (default: the generator's)")
+    p.add_argument("--frames", type=int, default=None, help="frames per session (default: the generator's)")
+    p.add_argument("--seed", type=int, default=0)
     ns = p.parse_args(args)
+    smoother = reaction.PoseSmoother(model, cfg)
+    if ns.generator:
+        from avatarjax.pipelines import reaction_eval
+        from avatarjax.train.export import load_model
+
+        floating = load_model(ns.floating) if ns.floating else None
+        return reaction_eval.evaluate_table(load_model(ns.generator), floating, smoother, sessions=ns.sessions,
+                                            reactions=ns.reactions, num_steps=ns.steps, num_frames=ns.frames,
+                                            seed=ns.seed)
     _, sessions = reaction.read_generated(ns.generated, ns.split)
-    return smoothing_report(reaction.PoseSmoother(model, cfg), sessions, cfg.data.pose_start)
+    return smoothing_report(smoother, sessions, cfg.data.pose_start)
 
 
 def sample(model: PosNet, cfg, out, args: list[str], checkpoint=None) -> dict:
