@@ -22,7 +22,7 @@ import numpy as np
 from avatarjax.eval.dtw import MetricInputError, check_array, check_positive_int
 
 __all__ = ["PoseJitter", "SeamJump", "keypoint_jitter", "pose_jitter", "step_sizes", "seam_jump",
-           "l_connect", "l_sm1", "l_sm2"]
+           "l_connect", "l_sm1", "l_sm2", "motion_smoothness"]
 
 _SIGNAL = "[T], [T, P] or [T, K, D]"
 
@@ -181,3 +181,34 @@ def l_sm2(x, window: int | None = None) -> float:
         raise MetricInputError(f"{fn}: x needs at least 3 frames, got {len(s) + 1}")
     pair = (t[:-1] % w != 0) & (t[1:] % w != 0)
     return float((s[1:] - s[:-1])[pair].mean())
+
+
+def motion_smoothness(x, scale=None) -> float:
+    """A VBench-style motion-smoothness score on a pose or keypoint track (VBench drops the odd frames of a
+    video, re-creates them with a frame interpolator and scores ``1 - mean |error| / 255``; here the
+    interpolator is the midpoint of the two neighbouring frames, exact for locally linear motion).
+
+    ``score = 1 - mean_{odd t} e_t / scale`` with ``e_t`` the mean over points/dims of ``|x_t - (x_{t-1} +
+    x_{t+1}) / 2|`` (points: Euclidean norm), clipped to ``[0, 1]``.
+
+    Args:
+      x: ``[T]``, ``[T, P]`` or ``[T, K, D]`` signal, ``T >= 3``.
+      scale: the signal's nominal range (like VBench's 255); default: the track's own range (max - min over
+        time, averaged over dims or points), so the score does not depend on units.
+
+    Returns:
+      A float in ``[0, 1]``; 1 for piecewise-linear motion sampled at its kinks' parity, lower for jumps and
+      jitter. A constant track scores 1.
+    """
+    fn = "motion_smoothness"
+    sig = _signal(x, fn, 3)
+    odd = np.arange(1, len(sig) - 1, 2)
+    error = _magnitude(sig[odd] - (sig[odd - 1] + sig[odd + 1]) / 2).mean()
+    if scale is None:
+        span = sig.max(axis=0) - sig.min(axis=0)
+        scale = float(np.linalg.norm(span, axis=-1).mean() if sig.ndim == 3 else span.mean())
+    elif not np.isfinite(scale) or scale <= 0:
+        raise MetricInputError(f"{fn}: scale must be a positive number, got {scale!r}")
+    if scale == 0:
+        return 1.0
+    return float(np.clip(1.0 - error / scale, 0.0, 1.0))

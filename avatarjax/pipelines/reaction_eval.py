@@ -7,7 +7,8 @@ held-out (eval split) sessions with the same seeds, so PFL vs PFL + PosNet diffe
 Columns, on the 58 REACT coefficients (52 expression + 3 rotation + 3 translation):
 - smoothness of the pose (the 6 pose dims): ``seam_jump`` (mean |step| into the first frame of each generator
   segment, PosNet's L_connect as a metric), ``max_seam_jump``, ``within_step`` (mean |step| inside segments,
-  L_sm1), ``jitter`` (mean |second difference|);
+  L_sm1), ``jitter`` (mean |second difference|), ``motion_smoothness`` (VBench-style midpoint interpolation
+  score, ``eval.smoothness.motion_smoothness``, with the real reactions' mean pose range as the scale of every row);
 - ``translation_kept``: std over time of the generated head translation / the real reactions' (PFL truth): 0
   when the crop threw translation away;
 - REACT metrics (``eval.react``) against the session's real reactions (of the row's own crop): FRCorr, FRDist
@@ -31,9 +32,9 @@ TRANSLATION = slice(55, 58)
 COEFF_GROUPS = ((0, 52, 1 / 52), (52, 58, 1 / 6))
 
 
-def _pose_scores(pred: np.ndarray, segment: int) -> dict[str, float]:
+def _pose_scores(pred: np.ndarray, segment: int, scale: float) -> dict[str, float]:
     tracks = pred[..., POSE].reshape(-1, pred.shape[-2], 6)
-    return {"seam_jump": float(np.mean([smoothness.l_connect(t, segment) for t in tracks])),
+    return {"motion_smoothness": float(np.mean([smoothness.motion_smoothness(t, scale) for t in tracks])),"seam_jump": float(np.mean([smoothness.l_connect(t, segment) for t in tracks])),
             "max_seam_jump": float(np.mean([smoothness.seam_jump(t, segment).max_seam_jump for t in tracks])),
             "within_step": float(np.mean([smoothness.l_sm1(t, segment) for t in tracks])),
             "jitter": float(np.mean([smoothness.pose_jitter(t).overall for t in tracks]))}
@@ -86,10 +87,12 @@ def evaluate_table(pfl: tuple, floating: tuple | None, smoother, *, sessions: in
         timing["posnet"] = time.perf_counter() - start
         reals["pfl+posnet"], speakers["pfl+posnet"] = reals["pfl"], speakers["pfl"]
     true_std = float(np.mean(np.std(np.stack(truth_translation), axis=-2)))
+    real_pose = np.stack(reals["pfl"])[..., POSE]
+    pose_scale = float(np.mean(real_pose.max(axis=-2) - real_pose.min(axis=-2)))  # one scale for every row
     rows = {}
     for name, preds in outputs.items():
         pred, real, speaker = np.stack(preds), np.stack(reals[name]), np.stack(speakers[name])
-        rows[name] = {**_pose_scores(pred, segment), **_react_scores(pred, real, speaker),
+        rows[name] = {**_pose_scores(pred, segment, pose_scale), **_react_scores(pred, real, speaker),
                       "translation_kept": float(np.mean(np.std(pred[..., TRANSLATION], axis=-2))) / true_std}
     report = {"rows": rows, "sessions": sessions, "reactions": reactions, "segment": segment,
               "frames": int(outputs["pfl"][0].shape[1]), "seconds": timing}

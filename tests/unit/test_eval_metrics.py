@@ -430,3 +430,17 @@ def test_smoothness_properties(rng):
 def test_smoothness_validation(call, message):
     with pytest.raises(MetricInputError, match=message):
         call()
+
+
+def test_motion_smoothness_by_hand():
+    from avatarjax.eval.smoothness import motion_smoothness
+
+    line = np.arange(9.0)
+    assert motion_smoothness(line) == 1.0 and motion_smoothness(np.zeros((5, 2))) == 1.0
+    # a jump of 2 at frame 3 of a flat track: odd frames 1, 3, 5 (of 0..6); frame 3 is off its neighbours'
+    # midpoint (0 + 2) / 2 = 1 by 1, the others by 0 -> mean error 1/3; range 2 -> 1 - (1/3) / 2 = 5/6
+    step = np.array([0, 0, 0, 2, 2, 2, 2], float)
+    assert motion_smoothness(step) == pytest.approx(5 / 6)
+    assert motion_smoothness(step, scale=4.0) == pytest.approx(1 - (1 / 3) / 4)
+    with pytest.raises(MetricInputError, match="motion_smoothness: scale"):
+        motion_smoothness(step, scale=0.0)
