@@ -33,6 +33,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any new directory
     try:
         yield tmp
         if path.exists():
