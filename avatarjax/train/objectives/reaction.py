@@ -282,11 +282,12 @@ def loss(model: ReactionSystem, batch: dict, key: jax.Array, step: jax.Array):
 # ------------------------------------------------------------------------------------------------------ sampling
 def _pose_jumps(x: np.ndarray, segment: int) -> tuple[float, float]:
     """Mean |frame-to-frame change| of the 6 pose dims of ``x`` ``[..., T, 58]`` at segment boundaries (frame
-    ``nS - 1`` -> ``nS``) and inside segments."""
-    step = np.abs(np.diff(x[..., 52:], axis=-2)).mean(-1)  # [..., T - 1]
-    at = np.zeros(step.shape[-1], bool)
-    at[segment - 1::segment] = True
-    return float(step[..., at].mean()), float(step[..., ~at].mean())
+    ``nS - 1`` -> ``nS``, PosNet's L_connect as a metric) and inside segments (L_sm1)."""
+    from avatarjax.eval import smoothness
+
+    tracks = x[..., 52:58].reshape(-1, x.shape[-2], 6)
+    return (float(np.mean([smoothness.l_connect(t, segment) for t in tracks])),
+            float(np.mean([smoothness.l_sm1(t, segment) for t in tracks])))
 
 
 def generation_report(model, cfg, *, sessions: int, num_reactions: int, seed: int, num_steps: int | None,
