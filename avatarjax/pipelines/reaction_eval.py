@@ -10,7 +10,8 @@ Columns, on the 58 REACT coefficients (52 expression + 3 rotation + 3 translatio
   L_sm1), ``jitter`` (mean |second difference|), ``motion_smoothness`` (VBench-style midpoint interpolation
   score, ``eval.smoothness.motion_smoothness``, with the real reactions' mean pose range as the scale of every row);
 - ``translation_kept``: std over time of the generated head translation / the real reactions' (PFL truth): 0
-  when the crop threw translation away;
+  for the floating crop, whose data has no translation (its generator's output there is set to 0: a floating
+  pipeline has no translation to render);
 - REACT metrics (``eval.react``) against the session's real reactions (of the row's own crop): FRCorr, FRDist
   (DTW with the 52 expression dims weighted 1/52 and the 6 pose dims 1/6, i.e. a per-group mean, in place of
   the challenge's 25-d AU/VA/expression groups), FRDiv, FRVar, FRSyn (undefined correlations omitted).
@@ -74,6 +75,8 @@ def evaluate_table(pfl: tuple, floating: tuple | None, smoother, *, sessions: in
             raw = make_session(cfg.data, "eval", i, num_frames)
             pred = generate_online(model, cfg, raw["speaker"], raw["audio"], num_reactions=reactions,
                                    seed=seed + i, num_steps=num_steps)
+            if cfg.data.crop == "floating":  # the floating pipeline has no translation channel to render
+                pred[..., TRANSLATION] = 0.0
             t = pred.shape[1]
             outputs.setdefault(name, []).append(pred)
             reals.setdefault(name, []).append(raw["listeners"][:, :t])

@@ -49,7 +49,7 @@ from avatarjax.models.reaction_generator import (SAMPLES_PER_FRAME, ReactionGene
 from avatarjax.train.task import Task
 
 STD_FLOOR = 1e-3  # smallest std used for a varying dim
-CONSTANT_STD = 1e-6  # below this a dim counts as constant (std set to 1)
+CONSTANT_STD = 1e-6  # below this a dim counts as constant (see _mean_std)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,10 +161,13 @@ def make_session(data: ReactionDataConfig, split: str, index: int, num_frames: i
 TRANSLATION = slice(55, 58)  # REACT coefficients: tx, ty, depth
 
 
-def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _mean_std(x: np.ndarray, constant_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dim mean and std; a dim constant in the data gets ``constant_std``: 1 for inputs (a value the training
+    data never showed is not blown up), ``STD_FLOOR`` for outputs (the generator's residual error in a dim the
+    data never moves stays ~1e-3 of it instead of leaking in at unit scale)."""
     x = x.reshape(-1, x.shape[-1]).astype(np.float64)
     std = x.std(0)
-    std = np.where(std < CONSTANT_STD, 1.0, np.maximum(std, STD_FLOOR))
+    std = np.where(std < CONSTANT_STD, constant_std, np.maximum(std, STD_FLOOR))
     return x.mean(0).astype(np.float32), std.astype(np.float32)
 
 
@@ -173,8 +176,8 @@ def coefficient_stats(data: ReactionDataConfig) -> dict[str, np.ndarray]:
     """Per-dimension ``speaker_mean/std`` and ``listener_mean/std`` ``[58]`` over the first ``stats_sessions``
     training sessions (all frames, all reactions). Deterministic in ``data``."""
     sessions = [make_session(data, "train", i) for i in range(data.stats_sessions)]
-    sm, ss = _mean_std(np.concatenate([s["speaker"] for s in sessions]))
-    lm, ls = _mean_std(np.concatenate([s["listeners"].reshape(-1, 58) for s in sessions]))
+    sm, ss = _mean_std(np.concatenate([s["speaker"] for s in sessions]), 1.0)
+    lm, ls = _mean_std(np.concatenate([s["listeners"].reshape(-1, 58) for s in sessions]), STD_FLOOR)
     return {"speaker_mean": sm, "speaker_std": ss, "listener_mean": lm, "listener_std": ls}
 
 
