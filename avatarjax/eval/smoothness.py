@@ -22,7 +22,7 @@ import numpy as np
 from avatarjax.eval.dtw import MetricInputError, check_array, check_positive_int
 
 __all__ = ["PoseJitter", "SeamJump", "keypoint_jitter", "pose_jitter", "step_sizes", "seam_jump",
-           "l_connect", "l_sm1", "l_sm2", "motion_smoothness"]
+           "l_connect", "l_sm1", "l_sm2", "motion_smoothness", "segment_scores"]
 
 _SIGNAL = "[T], [T, P] or [T, K, D]"
 
@@ -212,3 +212,18 @@ def motion_smoothness(x, scale=None) -> float:
     if scale == 0:
         return 1.0
     return float(np.clip(1.0 - error / scale, 0.0, 1.0))
+
+
+def segment_scores(tracks, segment: int, scale: float | None = None) -> dict[str, float]:
+    """Seam and smoothness scores of windowed tracks ``[N, T, P]`` (N tracks of P pose dims), each averaged
+    over the tracks: ``seam_jump`` (:func:`l_connect`), ``max_seam_jump`` and ``seam_ratio`` (:func:`seam_jump`,
+    the ratio as a median), ``within_step`` (:func:`l_sm1`), ``jitter`` (:func:`pose_jitter`) and
+    ``motion_smoothness`` (with ``scale``, see :func:`motion_smoothness`)."""
+    x = check_array(tracks, "tracks", "segment_scores", ndim=3, shape_doc="[N, T, P]")
+    seams = [seam_jump(t, segment) for t in x]
+    return {"seam_jump": float(np.mean([l_connect(t, segment) for t in x])),
+            "max_seam_jump": float(np.mean([s.max_seam_jump for s in seams])),
+            "seam_ratio": float(np.median([s.ratio for s in seams])),
+            "within_step": float(np.mean([l_sm1(t, segment) for t in x])),
+            "jitter": float(np.mean([pose_jitter(t).overall for t in x])),
+            "motion_smoothness": float(np.mean([motion_smoothness(t, scale) for t in x]))}

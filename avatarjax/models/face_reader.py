@@ -227,11 +227,10 @@ def read_frames(model: FaceReader, frames: np.ndarray, identity: np.ndarray | No
         identity = np.broadcast_to(np.asarray(identity, np.float32), (total, IDENTITY_DIM))
         identity = np.concatenate([identity, np.repeat(identity[-1:], pad, axis=0)])  # padding: any real face
     graphdef, state = nnx.split(model)
-    use_reference = model.cfg.reference and identity is not None
-    chunk_identity = lambda i: None if identity is None else identity[i:i + chunk]
-    chunk_reference = lambda i: (neutral_references(identity[i:i + chunk], model.cfg.image_size) if use_reference
-                                 else None)
-    outs = [jax.device_get(_read(graphdef, state, frames[i:i + chunk], chunk_identity(i), chunk_reference(i)))
+    reference = (neutral_references(identity, model.cfg.image_size) if model.cfg.reference and identity is not None
+                 else None)
+    part = lambda x, i: None if x is None else x[i:i + chunk]
+    outs = [jax.device_get(_read(graphdef, state, frames[i:i + chunk], part(identity, i), part(reference, i)))
             for i in range(0, total + pad, chunk)]
     kp = np.concatenate([o["keypoints"] for o in outs])[:total]
     st = np.concatenate([o["state"] for o in outs])[:total]

@@ -33,14 +33,6 @@ TRANSLATION = slice(55, 58)
 COEFF_GROUPS = ((0, 52, 1 / 52), (52, 58, 1 / 6))
 
 
-def _pose_scores(pred: np.ndarray, segment: int, scale: float) -> dict[str, float]:
-    tracks = pred[..., POSE].reshape(-1, pred.shape[-2], 6)
-    return {"motion_smoothness": float(np.mean([smoothness.motion_smoothness(t, scale) for t in tracks])),"seam_jump": float(np.mean([smoothness.l_connect(t, segment) for t in tracks])),
-            "max_seam_jump": float(np.mean([smoothness.seam_jump(t, segment).max_seam_jump for t in tracks])),
-            "within_step": float(np.mean([smoothness.l_sm1(t, segment) for t in tracks])),
-            "jitter": float(np.mean([smoothness.pose_jitter(t).overall for t in tracks]))}
-
-
 def _react_scores(pred: np.ndarray, real: np.ndarray, speaker: np.ndarray) -> dict[str, float]:
     k = pred.shape[1]
     return {"FRCorr": react_metrics.fr_corr(pred, list(real)) / k,
@@ -55,8 +47,8 @@ def evaluate_table(pfl: tuple, floating: tuple | None, smoother, *, sessions: in
     """Rows ``floating`` (when given), ``pfl`` and ``pfl+posnet`` (when ``smoother``); ``pfl`` / ``floating`` are
     ``(model, cfg)`` of reaction generators (``data.crop`` "pfl" / "floating"). FRCorr and FRDist are per
     generated reaction (the challenge's sum over the K predictions divided by K)."""
-    from avatarjax.pipelines.reaction_generate import generate_online, segment_length
-    from avatarjax.train.objectives.reaction import make_session
+    from avatarjax.pipelines.reaction_generate import segment_length
+    from avatarjax.train.objectives.reaction import generated_sessions
 
     segment = segment_length(pfl[1])
     if smoother is not None and smoother.segment != segment:
@@ -71,10 +63,8 @@ def evaluate_table(pfl: tuple, floating: tuple | None, smoother, *, sessions: in
             continue
         model, cfg = gen
         start = time.perf_counter()
-        for i in range(sessions):
-            raw = make_session(cfg.data, "eval", i, num_frames)
-            pred = generate_online(model, cfg, raw["speaker"], raw["audio"], num_reactions=reactions,
-                                   seed=seed + i, num_steps=num_steps)
+        for _, raw, pred, _ in generated_sessions(model, cfg, "eval", sessions, num_reactions=reactions, seed=seed,
+                                                  num_steps=num_steps, num_frames=num_frames):
             if cfg.data.crop == "floating":  # the floating pipeline has no translation channel to render
                 pred[..., TRANSLATION] = 0.0
             t = pred.shape[1]
@@ -95,7 +85,7 @@ def evaluate_table(pfl: tuple, floating: tuple | None, smoother, *, sessions: in
     rows = {}
     for name, preds in outputs.items():
         pred, real, speaker = np.stack(preds), np.stack(reals[name]), np.stack(speakers[name])
-        rows[name] = {**_pose_scores(pred, segment, pose_scale), **_react_scores(pred, real, speaker),
+        rows[name] = {**smoothness.segment_scores(pred[..., POSE].reshape(-1, pred.shape[-2], 6), segment, pose_scale), **_react_scores(pred, real, speaker),
                       "translation_kept": float(np.mean(np.std(pred[..., TRANSLATION], axis=-2))) / true_std}
     report = {"rows": rows, "sessions": sessions, "reactions": reactions, "segment": segment,
               "frames": int(outputs["pfl"][0].shape[1]), "seconds": timing}

@@ -142,7 +142,7 @@ def test_trains_to_cut_seam_jumps(tmp_path):
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     model, saved = load_model(tmp_path / "w")
     report = objective.evaluate(model, saved, [])
-    assert report["after"]["mean_seam_jump"] < report["before"]["mean_seam_jump"] / 2, report
+    assert report["after"]["seam_jump"] < report["before"]["seam_jump"] / 2, report
 
 
 def test_bad_generated_sets_say_what_to_do(tmp_path):

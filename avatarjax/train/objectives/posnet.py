@@ -136,27 +136,15 @@ def flops_per_example(cfg) -> float:
 
 # ------------------------------------------------------------------------------------------------- evaluation
 def smoothing_report(smoother: reaction.PoseSmoother, sessions: list[dict], pose_start: int) -> dict:
-    """Seam jumps and smoothness of the generated pose before and after online correction, over every generated
-    reaction of ``sessions`` (the generator's segments are PosNet's segments)."""
+    """Seam jumps and smoothness (``smoothness.segment_scores``) of the generated pose before and after online
+    correction, over every generated reaction of ``sessions`` (the generator's segments are PosNet's segments)."""
     f, p = smoother.segment, smoother.pose_dim
     pose = slice(pose_start, pose_start + p)
-    before, after = [], []
-    for s in sessions:
-        gen = s["generated"]
-        before.append(gen[..., pose])
-        after.append(smoother.smooth(gen, pose=pose)[..., pose])
-
-    def summary(tracks: list[np.ndarray]) -> dict:
-        seams = [smoothness.seam_jump(r, f) for t in tracks for r in t]
-        return {"mean_seam_jump": float(np.mean([smoothness.l_connect(r, f) for t in tracks for r in t])),
-                "max_seam_jump": float(np.mean([s.max_seam_jump for s in seams])),
-                "seam_ratio": float(np.median([s.ratio for s in seams])),
-                "sm1": float(np.mean([smoothness.l_sm1(r, f) for t in tracks for r in t])),
-                "jitter": float(np.mean([smoothness.pose_jitter(r).overall for t in tracks for r in t]))}
-
-    b, a = summary(before), summary(after)
-    return {"before": b, "after": a, "seam_jump_reduction": b["mean_seam_jump"] / max(a["mean_seam_jump"], 1e-12),
-            "sessions": len(sessions), "reactions": int(sum(len(s["generated"]) for s in sessions))}
+    gen = np.concatenate([s["generated"] for s in sessions])  # [R, T, 58]
+    b = smoothness.segment_scores(gen[..., pose], f)
+    a = smoothness.segment_scores(smoother.smooth(gen, pose=pose)[..., pose], f)
+    return {"before": b, "after": a, "seam_jump_reduction": b["seam_jump"] / max(a["seam_jump"], 1e-12),
+            "sessions": len(sessions), "reactions": len(gen)}
 
 
 def evaluate(model: PosNet, cfg, args: list[str], checkpoint=None) -> dict:

@@ -288,9 +288,22 @@ def _pose_jumps(x: np.ndarray, segment: int) -> tuple[float, float]:
     ``nS - 1`` -> ``nS``, PosNet's L_connect as a metric) and inside segments (L_sm1)."""
     from avatarjax.eval import smoothness
 
-    tracks = x[..., 52:58].reshape(-1, x.shape[-2], 6)
-    return (float(np.mean([smoothness.l_connect(t, segment) for t in tracks])),
-            float(np.mean([smoothness.l_sm1(t, segment) for t in tracks])))
+    scores = smoothness.segment_scores(x[..., 52:58].reshape(-1, x.shape[-2], 6), segment)
+    return scores["seam_jump"], scores["within_step"]
+
+
+def generated_sessions(model, cfg, split: str, sessions: int, *, num_reactions: int, seed: int,
+                       num_steps: int | None, num_frames: int | None):
+    """Yields ``(index, raw session (make_session), reactions [K, T', 58], seconds)`` for sessions
+    ``0 .. sessions - 1`` of ``split``, each generated online with seed ``seed + index`` (``T'``: whole segments)."""
+    from avatarjax.pipelines.reaction_generate import generate_online
+
+    for i in range(sessions):
+        raw = make_session(cfg.data, split, i, num_frames)
+        start = time.perf_counter()
+        pred = generate_online(model, cfg, raw["speaker"], raw["audio"], num_reactions=num_reactions, seed=seed + i,
+                               num_steps=num_steps)
+        yield i, raw, pred, time.perf_counter() - start
 
 
 def generation_report(model, cfg, *, sessions: int, num_reactions: int, seed: int, num_steps: int | None,
@@ -301,16 +314,13 @@ def generation_report(model, cfg, *, sessions: int, num_reactions: int, seed: in
     segments (what PosNet smooths), latency and real-time factor. With ``out``, writes per session
     ``speaker.npy`` ``[T, 58]``, ``reactions.npy`` ``[K, T', 58]``, ``real_reactions.npy`` ``[R, T', 58]``."""
     from avatarjax.eval import react as react_metrics
-    from avatarjax.pipelines.reaction_generate import generate_online, segment_length
+    from avatarjax.pipelines.reaction_generate import segment_length
 
     seg = segment_length(cfg)
     preds, speakers, reals, seconds = [], [], [], []
-    for i in range(sessions):
-        raw = make_session(cfg.data, "eval", i, num_frames)
-        start = time.perf_counter()
-        pred = generate_online(model, cfg, raw["speaker"], raw["audio"], num_reactions=num_reactions,
-                               seed=seed + i, num_steps=num_steps)
-        seconds.append(time.perf_counter() - start)
+    for i, raw, pred, took in generated_sessions(model, cfg, "eval", sessions, num_reactions=num_reactions, seed=seed,
+                                                 num_steps=num_steps, num_frames=num_frames):
+        seconds.append(took)
         frames = pred.shape[1]
         preds.append(pred)
         speakers.append(raw["speaker"][:frames])
@@ -350,14 +360,13 @@ def dump_generated(model, cfg, path, *, split: str, sessions: int, num_reactions
     sessions' real reactions and speaker, to the generated set at ``path`` (``eval`` sessions go to ``val``):
     PosNet's training and evaluation data, the generator frozen."""
     from avatarjax.pipelines import reaction as reaction_pipeline
-    from avatarjax.pipelines.reaction_generate import generate_online, segment_length
+    from avatarjax.pipelines.reaction_generate import segment_length
 
     seg = segment_length(cfg)
     rows = []
-    for i in range(sessions):
-        raw = make_session(cfg.data, split, i, num_frames)
-        pred = generate_online(model, cfg, raw["speaker"], raw["audio"], num_reactions=num_reactions,
-                               seed=seed + i + (0 if split == "eval" else 1_000_000), num_steps=num_steps)
+    for i, raw, pred, _ in generated_sessions(model, cfg, split, sessions, num_reactions=num_reactions,
+                                              seed=seed + (0 if split == "eval" else 1_000_000),
+                                              num_steps=num_steps, num_frames=num_frames):
         frames = pred.shape[1]
         rows.append({"name": f"{split}_{i:04d}", "generated": pred, "truth": raw["listeners"][:, :frames],
                      "speaker": raw["speaker"][:frames]})
