@@ -131,7 +131,8 @@ def cmd_eval(argv: list[str]) -> int:
     args, overrides = _split_overrides(argv)
     p = _help_parser("eval", add_help=False)
     p.add_argument("--config", default=None)
-    p.add_argument("--checkpoint", "--workdir", dest="workdir", required=True)
+    p.add_argument("--checkpoint", "--workdir", dest="workdir", default=None,
+                   help="a training workdir or an export (default: the config's weights)")
     p.add_argument("--batches", type=int, default=None)
     p.add_argument("--loss", action="store_true", help="report the loss on eval batches")
     if _wants_help(args, p, "task options after -- go to the task's evaluation (e.g. --reader, --clips)"):
@@ -139,6 +140,8 @@ def cmd_eval(argv: list[str]) -> int:
     ns, task_args = p.parse_known_args(args)
     from avatarjax.registry import TASKS
 
+    if ns.workdir is None:
+        ns.workdir = _configured_checkpoint(None, None if ns.config is None else _load(ns, overrides), ns.config)
     task = TASKS.get(_load(ns, overrides).task)
     if task.evaluate is not None and not ns.loss:
         from avatarjax.train.export import load_model
@@ -158,13 +161,27 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+def _configured_checkpoint(checkpoint: str | None, cfg, config_path: str | None) -> str:
+    """The checkpoint to use: ``--checkpoint`` when given, else the config's ``weights`` (so that
+    ``avatarjax sample --config configs/<system>/<variant>.py ...`` names the model by its config alone)."""
+    if checkpoint is not None:
+        return checkpoint
+    if cfg is None or not cfg.weights:
+        where = f"config '{config_path}' sets no weights" if config_path else "no --config was given"
+        raise AvatarError(f"no checkpoint given ({where}): pass --checkpoint W (a training workdir or an export) "
+                          "or --config.weights=W")
+    return cfg.weights
+
+
 def cmd_sample(argv: list[str]) -> int:
     """``avatarjax sample --checkpoint W|EXPORT [--config FILE] [--out OUT] [task options]``: the task's sampler on
-    the trained model (EMA weights when the run kept them)."""
+    the trained model (EMA weights when the run kept them). Without ``--checkpoint`` the config's
+    ``weights`` names it; task options may follow ``--`` or stand among the command's own."""
     args, overrides = _split_overrides(argv)
     p = _help_parser("sample", add_help=False)
-    p.add_argument("--checkpoint", "--workdir", dest="checkpoint", required=True,
-                   help="a training workdir or an `avatarjax export` directory")
+    p.add_argument("--checkpoint", "--workdir", dest="checkpoint", default=None,
+                   help="a training workdir or an `avatarjax export` directory (default: the config's "
+                        "weights)")
     p.add_argument("--config", default=None, help="config file (default: the one saved with the checkpoint)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", default=None, help="output file or directory (default: CHECKPOINT/samples)")
@@ -176,6 +193,7 @@ def cmd_sample(argv: list[str]) -> int:
     from avatarjax.train.export import load_model
 
     cfg = None if ns.config is None else _load(argparse.Namespace(config=ns.config, workdir=None), overrides)
+    ns.checkpoint = _configured_checkpoint(ns.checkpoint, cfg, ns.config)
     model, cfg = load_model(ns.checkpoint, step=ns.step, overrides=overrides, cfg=cfg)
     sample = getattr(TASKS.get(cfg.task), "sample", None)
     if sample is None:

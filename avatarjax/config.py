@@ -110,6 +110,9 @@ class Config:
     profile: ProfileConfig = ProfileConfig()
     eval: EvalConfig = EvalConfig()
     sample: Any = EmptySection()
+    # Where this config's trained model lives (a training workdir or an export): `avatarjax sample --config` and
+    # `avatarjax eval --config` use it when no --checkpoint is given.
+    weights: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

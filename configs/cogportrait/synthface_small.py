@@ -5,7 +5,8 @@
     avatarjax train --config configs/cogportrait/synthface_small.py --workdir outputs/cogportrait \
         --config.data.vae=outputs/wan_vae
     avatarjax eval --checkpoint outputs/cogportrait -- --reader outputs/face_reader
-    avatarjax sample --checkpoint outputs/cogportrait --out outputs/cogportrait/drowsy.mp4 -- --label drowsiness
+    avatarjax sample --config configs/cogportrait/synthface_small.py --label drowsiness \
+        --instruction "look slightly left, then lower the head" --portrait IMG --audio WAV --out OUT.mp4
 """
 
 import ml_collections
@@ -15,6 +16,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.task = "cog_portrait"
     c.seed = 0
+    c.weights = "outputs/cogportrait"  # the trained model `avatarjax sample/eval --config` use
     c.model = dict(net=dict(num_heads=4, head_dim=64, in_channels=8, out_channels=8, text_dim=384, freq_dim=256,
                             ffn_dim=1024, num_layers=6, audio_dim=80, pose_channels=8, pose_hidden=32),
                    flow=dict(sampler="logit_normal", shift=1.0), cond_drop_prob=0.1)

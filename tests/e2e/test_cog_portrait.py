@@ -36,8 +36,16 @@ def test_train_and_sample_from_keypoints_and_label(trained):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["frames"] == 9 and Path(result["video"]).stat().st_size > 0
-    out = avatarjax("sample", "--checkpoint", dit, "--out", str(root / "drowsy.mp4"), "--", "--label",
-                    "drowsiness", "--frames", "13")
+    # The form: the variant's config names the model (weights), task options among the command's own, and
+    # the clip is as long as the audio (13 frames = 0.52 s at 25 fps; 14 frames of audio round down to 1 + 4k).
+    import soundfile
+
+    wav = root / "speech.wav"
+    soundfile.write(wav, np.random.default_rng(0).normal(size=14 * 640).astype(np.float32) * 0.1, 16000)
+    out = avatarjax("sample", "--config", DIT_TINY, f"--config.weights={dit}", f"--config.data.vae={root / 'vae'}",
+                    "--config.model.net.in_channels=4", "--config.model.net.out_channels=4",
+                    "--config.model.net.pose_channels=4", "--label", "drowsiness", "--instruction",
+                    "look slightly left, then lower the head", "--audio", str(wav), "--out", str(root / "drowsy.mp4"))
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["frames"] == 13 and result["guidance"] == "dynamic"
@@ -45,6 +53,11 @@ def test_train_and_sample_from_keypoints_and_label(trained):
     assert "critic" in plan
     assert np.load(root / "drowsy.keypoints.npy").shape == (13, 62, 2)
     assert np.asarray(json.loads(Path(result["keypoints"]).read_text())["keypoints"]).shape == (13, 62, 2)
+
+
+def test_sample_without_checkpoint_or_weights_fails_clearly():
+    out = avatarjax("sample", "--config", DIT_TINY, "--label", "drowsiness")
+    assert out.returncode == 2 and "sets no weights" in out.stderr and "--config.weights" in out.stderr
 
 
 def test_bad_window_and_missing_vae_fail_clearly(tmp_path):

@@ -338,8 +338,18 @@ def _pipeline(model, cfg):
     return CogPortraitPipeline(model, cfg)
 
 
+def _frames_for_audio(samples: int) -> int:
+    """The longest 1 + 4k frame count the audio covers (at least 5: the DiT's smallest clip)."""
+    frames = samples // schema.SAMPLES_PER_FRAME
+    if frames < 5:
+        raise DataError(f"the audio is {samples / schema.SAMPLE_RATE:.2f} s long: CogPortrait needs at least 5 frames "
+                        f"({5 / schema.FPS:.2f} s); give a longer --audio")
+    return 1 + 4 * ((frames - 1) // 4)
+
+
 def sample(model: CogPortraitSystem, cfg, out, args: list[str], checkpoint=None) -> dict:
-    """``avatarjax sample --checkpoint W [--out OUT.mp4] -- [--label drowsiness --instruction TEXT]
+    """``avatarjax sample --config configs/cogportrait/V.py|--checkpoint W [--out OUT.mp4] [--label drowsiness
+    --instruction TEXT]
     [--portrait IMG --reference-identity N] [--audio WAV] [--clip N] [--frames F] [--guidance dynamic|static|none]``.
 
     With ``--label``, Stage 1 (``planning.plan_to_keypoints``) plans the keypoints, which are aligned to the
@@ -355,20 +365,24 @@ def sample(model: CogPortraitSystem, cfg, out, args: list[str], checkpoint=None)
     p.add_argument("--portrait", default=None, help="portrait image (the model's frame size); default: the clip's")
     p.add_argument("--audio", default=None, help="driving audio (wav/mp4); default: the clip's")
     p.add_argument("--clip", type=int, default=0, help="held-out synthface clip giving the defaults")
-    p.add_argument("--frames", type=int, default=cfg.data.synthface.window, help="1 + 4k frames")
+    p.add_argument("--frames", type=int, default=None,
+                   help="1 + 4k frames (default: as long as --audio, else the training window)")
     p.add_argument("--guidance", default=None, choices=("dynamic", "static", "none"))
     ns = p.parse_args(args)
     pipe = _pipeline(model, cfg)
     data = cfg.data
     record = source(data.synthface, "eval")[ns.clip]
-    frames, size = ns.frames, data.synthface.frame_size
+    size = data.synthface.frame_size
+    given_audio = media.read_audio(ns.audio) if ns.audio else None
+    frames = ns.frames or (_frames_for_audio(len(given_audio)) if given_audio is not None
+                           else data.synthface.window)
     count = keypoint_count(cfg)
     start = 0
     truth_kps, truth_state = window_truth(record, start, frames, count)
     video, _ = render_truth(record, truth_kps, truth_state, size)
     ident = identity_lib.Identity.from_vector(np.asarray(record["identity_vector"]))
     portrait = media.read_image(ns.portrait, size) if ns.portrait else video[0]
-    audio = (media.read_audio(ns.audio) if ns.audio else audio_float(record["audio"]))
+    audio = given_audio if given_audio is not None else audio_float(record["audio"])
     audio = np.resize(audio, frames * schema.SAMPLES_PER_FRAME).astype(np.float32) if len(audio) else audio
     instruction = ns.instruction if ns.instruction is not None else json.loads(record["instructions"])[0]
     out = Path(out or "outputs/cogportrait/sample.mp4")
