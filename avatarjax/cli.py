@@ -21,8 +21,8 @@ EXAMPLES = {
               "--config.data.vae=outputs/wan_vae"],
     "sample": ["avatarjax sample --checkpoint assets/instructavatar_small/generator --out outputs/demo/happy.mp4 -- "
                "--portrait outputs/demo/portrait.png --instruction 'talk with a big smile'",
-               "avatarjax sample --checkpoint outputs/cogportrait --out outputs/cogportrait/drowsy.mp4 -- "
-               "--label drowsiness"],
+               "avatarjax sample --config configs/cogportrait/synthface_small.py --label drowsiness "
+               "--instruction 'look slightly left, then lower the head' --out outputs/cogportrait/drowsy.mp4"],
     "eval": ["avatarjax eval --checkpoint outputs/lm --loss",
              "avatarjax eval --checkpoint outputs/posnet -- --generator outputs/reaction"],
     "data": ["avatarjax data build synthface --data_dir outputs/synthface",

@@ -72,12 +72,25 @@ class VideoTokenizerConfig:
     disc_layers: int = 3
     disc_start: int = 0  # step from which the adversarial and perceptual terms are on
     groups: int = 4  # discriminator GroupNorm groups
+    # layout switches (defaults: our layout; ``titok_convert`` sets them to load TiTok checkpoints exactly)
+    decoder_dim: int = 0  # decoder width (0 = dim); TiTok may pair e.g. a ViT-B encoder with a ViT-L decoder
+    decoder_heads: int = 0  # 0 = num_heads
+    decoder_mlp_dim: int = 0  # 0 = mlp_dim
+    norm_eps: float = 1e-6  # every LayerNorm of the Transformers (TiTok: torch's 1e-5)
+    class_token: bool = False  # a learned class token before the patch tokens (encoder and decoder), as TiTok
+    pre_norm: bool = False  # a LayerNorm over the whole input sequence before the blocks (TiTok's ln_pre)
+    pixel_conv: bool = False  # a 3x3 conv over the unpatchified frame (TiTok's conv_out)
+    legacy_token_layout: bool = False  # TiTok's is_legacy: the [K, dim] features reshaped (not transposed) to
+    #   [dim, K] before the latent head, a fixed permutation of each frame's K * dim features
+    temporal_final_norm: bool = True  # False: no LayerNorm after the temporal blocks (identity at zero init)
 
     def __post_init__(self):
         if self.frame_size % self.patch_size:
             raise ValueError(f"frame_size={self.frame_size} must divide by patch_size={self.patch_size}")
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ValueError(f"dim={self.dim} must divide by num_heads={self.num_heads} into an even head_dim (RoPE)")
+        if self.dec_dim % self.dec_heads:
+            raise ValueError(f"decoder_dim={self.dec_dim} must divide by decoder_heads={self.dec_heads}")
         if min(self.encoder_layers, self.temporal_layers, self.decoder_layers) < 1:
             raise ValueError("encoder_layers, temporal_layers and decoder_layers must each be >= 1")
         if self.regularizer not in REGULARIZERS:
@@ -86,6 +99,18 @@ class VideoTokenizerConfig:
             raise ValueError(f"noise_std must be > 0 with regularizer='noise', got {self.noise_std}")
         if self.temporal_window < 0:
             raise ValueError(f"temporal_window must be >= 0 (0 = unlimited), got {self.temporal_window}")
+
+    @property
+    def dec_dim(self) -> int:
+        return self.decoder_dim or self.dim
+
+    @property
+    def dec_heads(self) -> int:
+        return self.decoder_heads or self.num_heads
+
+    @property
+    def dec_mlp_dim(self) -> int:
+        return self.decoder_mlp_dim or self.mlp_dim
 
     @property
     def grid(self) -> int:
