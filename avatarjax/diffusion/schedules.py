@@ -104,6 +104,12 @@ def _abar(schedule: DiscreteSchedule, t: jax.Array, like: jax.Array) -> tuple[ja
     return abar_and_complement(_per_example(schedule.log_alphas_cumprod[t], like))
 
 
+def signal_noise_scales(schedule: DiscreteSchedule, t: jax.Array, like: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(sqrt(abar_t), sqrt(1 - abar_t))`` for int ``t [batch]``, each ``[batch, 1, ...]`` against ``like``."""
+    abar, one_minus = _abar(schedule, t, like)
+    return jnp.sqrt(abar), jnp.sqrt(one_minus)
+
+
 def q_sample(schedule: DiscreteSchedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
     """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``; x0/noise ``[batch, ...]``, t int32 ``[batch]``."""
     abar, one_minus = _abar(schedule, t, x0)

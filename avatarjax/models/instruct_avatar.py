@@ -10,13 +10,15 @@ Layer order as released (REFERENCE.md section 1): add Linear(t_emb); FFN/2; add 
 module; key-frame cross-attention applied as FiLM; two-branch text cross-attention (per-branch LN, attention,
 zero-initialised 1x1 gate; each sample takes the branch its audio flag selects); FFN/2; LayerNorm.
 
-The model predicts x0 (both diffusion formulations). Heads: pose from the detached audio features; AU logits
+The model predicts x0 (both diffusion formulations; the objective may also have it predict v and convert, see
+``denoise``'s ``to_x0``). Heads: pose from the detached audio features; AU logits
 (multi-label) and intensity logits (3-way) from the mean-pooled predicted latents (the paper's auxiliary losses).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -217,9 +219,16 @@ class InstructAvatar(nnx.Module):
                 "motion_text": motion, "text_mask": cond["text_mask"], "keyframe": keyframe, "mask": mask,
                 "talking": talking}
 
-    def denoise(self, x_t: jax.Array, t: jax.Array, c: dict, key: jax.Array | None = None,
-                train: bool = False) -> jax.Array:
-        """``x_t`` ``[b, T, latent]``, ``t`` ``[b]``, ``c`` from ``encode_conditions`` -> x0 ``[b, T, latent]``."""
+    def denoise(self, x_t: jax.Array, t: jax.Array, c: dict, key: jax.Array | None = None, train: bool = False,
+                to_x0: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None) -> jax.Array:
+        """``x_t`` ``[b, T, latent]``, ``t`` ``[b]``, ``c`` from ``encode_conditions`` -> x0 ``[b, T, latent]``.
+
+        ``to_x0(output, x_t, t)`` turns the network's output into x0 when it predicts something else (e.g. v);
+        None: the output is x0 (the paper and the release)."""
+        out = self._network(x_t, t, c, key, train)
+        return out if to_x0 is None else to_x0(out, x_t, t)
+
+    def _network(self, x_t: jax.Array, t: jax.Array, c: dict, key: jax.Array | None, train: bool) -> jax.Array:
         k_in, k_layers = split_key(key, 2)
         h = jax.nn.relu(self.input(x_t))
         h = h + sinusoidal(jnp.arange(h.shape[1]), self.cfg.dim).astype(h.dtype)
@@ -236,10 +245,11 @@ class InstructAvatar(nnx.Module):
         return self.au_head(pooled), self.intensity_head(pooled)
 
     def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict, key: jax.Array | None = None,
-                 train: bool = False) -> dict:
+                 train: bool = False, to_x0: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
+                 ) -> dict:
         k_cond, k_denoise = split_key(key, 2)
         c = self.encode_conditions(cond, k_cond, train)
-        x0 = self.denoise(x_t, t, c, k_denoise, train)
+        x0 = self.denoise(x_t, t, c, k_denoise, train, to_x0)
         au_logits, intensity_logits = self.heads(x0, cond["mask"])
         return {"x0": x0, "pose": c["pose_pred"], "au_logits": au_logits, "intensity_logits": intensity_logits}
 

@@ -120,7 +120,8 @@ class InstructAvatarPipeline:
                 empty["text_mask"] = jnp.zeros_like(batch["text_mask"]).at[:, 0].set(True)
                 cond = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), cond, task.conditions({**batch, **empty}))
             c = net.encode_conditions(cond, None, False)
-            denoise = lambda x_t, t: net.denoise(x_t, t, c)
+            to_x0 = task.output_to_x0(settings)
+            denoise = lambda x_t, t: net.denoise(x_t, t, c, to_x0=to_x0)  # noqa: E731
             if scale != 1.0:  # one doubled batch per step: conditional rows first, then the null instruction
                 denoise = guidance.batched_cfg_denoise(denoise, scale)
             x0 = _run_sampler(options, d, denoise, noise, key)
@@ -179,6 +180,14 @@ class InstructAvatarPipeline:
                 "real_time_factor": round(elapsed / (frames / FPS), 3), **dataclasses.asdict(opts)}
         return Generated(frames=rendered, latents=np.asarray(latents[0]), pose=np.asarray(pose[0]) * task.POSE_SCALE,
                          audio=wave, portrait=portrait, instruction=instruction, talking=talking, info=info)
+
+    def reconstruct(self, portrait, frames: np.ndarray) -> np.ndarray:
+        """The motion VAE's own round trip of a true clip uint8 ``[T, S, S, 3]`` driven from ``portrait``'s
+        appearance: the ceiling of what the generator can show through this VAE."""
+        portrait = self._portrait(portrait)
+        appearance, _ = self._vae("encode")(self._vae_state, jnp.asarray(portrait[None]))
+        _, motion = self._vae("encode")(self._vae_state, jnp.asarray(frames))
+        return motion_vae.to_uint8(self._vae("decode")(self._vae_state, appearance, motion))
 
     def write(self, result: Generated, out: str | Path) -> dict:
         """Write ``out`` (.mp4, H.264 with AAC audio), ``out`` .png (contact sheet) and ``out`` .json (motion)."""

@@ -6,7 +6,8 @@ Every generated video is read back from its pixels by the synthface face reader 
 Emotional talking (talking clips of eval identities, a fixed window, the clip's own audio, a neutral portrait):
 - ``gt_instruction``: the clip's instruction in a held-out paraphrase; ``seen_paraphrase``: the same emotion and
   intensity in a training template; ``random_instruction``: another emotion; ``ref``: the portrait repeated;
-  ``gt_video``: the clip itself (the reader's ceiling).
+  ``gt_video``: the clip itself (the reader's ceiling); ``vae_reconstruction``: the clip's motion through the
+  motion VAE from the portrait's appearance (the ceiling of any generator decoding through this VAE).
 - Metrics: ``au_f1`` (micro AU-F1 of clip-level AU activations against the ground-truth clip), ``au_emo``
   (fraction of the emotion's AUs active), ``lipsync`` (best mouth/audio correlation within +-200 ms) and its
   ``lipsync_lag_ms``, ``jitter`` (mean keypoint acceleration, image fractions/frame^2).
@@ -23,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from avatarjax.data.synthface import dynamics, identity as identity_lib, instructions, render, schema
 from avatarjax.data.synthface.records import ProceduralSource, audio_float
@@ -116,7 +118,7 @@ def evaluate(pipe, reader: Reader, *, num_clips: int = 32, num_motion_clips: int
         settings[name]["state"].append(state)
         settings[name]["keypoints"].append(kps)
 
-    for record in talking:
+    for record in tqdm(talking, desc="eval talking clips", unit="clip", disable=None):
         start = (len(record["state"]) - window) // 2
         truth = np.asarray(record["state"][start:start + window], np.float32)
         ident = identity_lib.Identity.from_vector(np.asarray(record["identity_vector"]))
@@ -130,12 +132,14 @@ def evaluate(pipe, reader: Reader, *, num_clips: int = 32, num_motion_clips: int
                            ("random_instruction", _random_emotion_instruction(record, rng, "eval"))):
             add(name, pipe.sample(portrait, audio, text, seed=seed).frames, record["identity_vector"])
         add("ref", np.repeat(portrait[None], window, axis=0), record["identity_vector"])
-        add("gt_video", render.render_frames(ident, truth, size=size), record["identity_vector"])
+        video = render.render_frames(ident, truth, size=size)
+        add("gt_video", video, record["identity_vector"])
+        add("vae_reconstruction", pipe.reconstruct(portrait, video), record["identity_vector"])
     report = {name: _scores(settings[name], trues, audios, emotions) for name in
-              ("gt_instruction", "seen_paraphrase", "random_instruction", "ref", "gt_video")}
+              ("gt_instruction", "seen_paraphrase", "random_instruction", "ref", "gt_video", "vae_reconstruction")}
 
     agreement = defaultdict(list)
-    for k, record in enumerate(motion):
+    for k, record in enumerate(tqdm(motion, desc="eval motion clips", unit="clip", disable=None)):
         truth = np.asarray(record["state"][:window], np.float32)
         moved = _moved_channels(truth)
         if not moved:
