@@ -125,6 +125,13 @@ def _wants_help(args: list[str], parser: argparse.ArgumentParser, note: str) -> 
     return False
 
 
+def _plot_report(report: dict, path: str | None) -> None:
+    if path:
+        from avatarjax.train.plots import plot_table
+
+        plot_table(report, path)
+
+
 def cmd_eval(argv: list[str]) -> int:
     """``avatarjax eval --checkpoint W [task options]``: the task's generation metrics when it has them, else (or
     with ``--loss``) the loss on eval batches."""
@@ -135,6 +142,7 @@ def cmd_eval(argv: list[str]) -> int:
                    help="a training workdir or an export (default: the config's weights)")
     p.add_argument("--batches", type=int, default=None)
     p.add_argument("--loss", action="store_true", help="report the loss on eval batches")
+    p.add_argument("--plot", default=None, help="also write the report as a table PNG here (e.g. report.png)")
     if _wants_help(args, p, "task options after -- go to the task's evaluation (e.g. --reader, --clips)"):
         return 0
     ns, task_args = p.parse_known_args(args)
@@ -148,7 +156,9 @@ def cmd_eval(argv: list[str]) -> int:
 
         cfg = None if ns.config is None else _load(ns, overrides)
         model, cfg = load_model(ns.workdir, overrides=overrides, cfg=cfg)
-        _print(task.evaluate(model, cfg, [a for a in task_args if a != "--"], Path(ns.workdir)))
+        report = task.evaluate(model, cfg, [a for a in task_args if a != "--"], Path(ns.workdir))
+        _plot_report(report, ns.plot)
+        _print(report)
         return 0
     if task_args:
         raise AvatarError(f"unknown eval options {task_args}")
@@ -157,7 +167,9 @@ def cmd_eval(argv: list[str]) -> int:
         metrics = trainer.evaluate(state, ns.batches)
     finally:
         trainer.checkpoints.close()
-    _print({"step": int(state.step), **metrics})
+    report = {"step": int(state.step), **metrics}
+    _plot_report(report, ns.plot)
+    _print(report)
     return 0
 
 

@@ -77,6 +77,7 @@ class LogConfig:
     every: int = 10
     tensorboard: bool = True
     progress: bool = True
+    plots: bool = True  # PNG loss curves / metric groups in WORKDIR/plots at the end of training
 
 
 @dataclasses.dataclass(frozen=True)

@@ -157,6 +157,194 @@ print("files:", sorted(p.name for p in OUT.glob("*.*")))
 """),
 ]
 
+# ------------------------------------------------------------------------------------------------ 02 CogPortrait
+NB02 = [
+    md("""
+# 02 · CogPortrait: label → plan → keypoints → video
+
+CogPortrait turns a label ("drowsiness") and an optional instruction into a talking portrait in two stages:
+
+* **Stage 1** (`avatarjax/planning/`): a planning agent splits the clip into timed events with target ranges on
+  the 17 eye-region / head controls (10 AUs, 4 gaze, yaw/pitch/roll), a composition agent retrieves and stitches
+  prototype motion from a library, and a critic checks semantic and physiological rules and sends revisions back.
+  The refined controls map to the 62 eye-region keypoints.
+* **Stage 2**: a Wan2.2-style DiT, conditioned on a pose video drawn from those keypoints, the audio and the
+  text, denoises Wan VAE latents by flow matching, with the paper's dynamic eye-region CFG.
+
+Stage 1 here is the real pipeline with the offline deterministic LLM backend (no server, nothing downloaded).
+**Stage 2 uses untrained weights**: a tiny randomly initialised DiT (`configs/cogportrait/synthface_tiny.py`)
+and a tiny randomly initialised Wan VAE (`configs/wan_vae/synthface_tiny.py`), so the notebook runs in a couple of
+minutes on a CPU. The generated video shows the path and the shapes, not a face; the pose video it is conditioned
+on does show the planned motion. A trained model drops in by replacing one path (last section).
+"""),
+    setup("02_cogportrait_label_to_video", "import base64\nimport json\n\nimport matplotlib.pyplot as plt\n"
+                                           "import numpy as np\nfrom IPython.display import HTML, Image, display"),
+    md("""
+## Stage 1 · label + instruction → plan → controls → keypoints
+
+`plan_to_keypoints(label, instruction, duration_s, portrait_pose, cfg)` runs planner, composer and critic and
+returns the plan, the critic log (with the refined controls) and keypoints `[T, 62, 2]` at 25 fps. The label is
+one of synthface's emotions or states (`avatarjax.planning.templates.LABELS`).
+"""),
+    code("""
+from avatarjax.planning import agents, templates
+from avatarjax.planning.controls import ControlSequence
+
+LABEL, INSTRUCTION, SECONDS = "drowsiness", "look slightly left, then lower the head", 2.0
+print("labels:", ", ".join(templates.LABELS))
+plan, critic_log, keypoints = agents.plan_to_keypoints(LABEL, INSTRUCTION, SECONDS)
+controls = ControlSequence.from_dict(critic_log["controls"])
+print(f"backend {plan.backend}: {len(plan.events)} events over {plan.num_frames} frames; "
+      f"keypoints {keypoints.shape}, controls {controls.values.shape}")
+for event in plan.events:
+    targets = ", ".join(f"{name} {lo:g}..{hi:g}" for name, (lo, hi) in event.targets.items())
+    print(f"  {event.start_s:4.2f}-{event.end_s:4.2f} s  {event.stage}: {targets}")
+for review in critic_log["rounds"]:
+    print(f"critic round {review['round']}: {len(review['violations'])} violation(s)")
+print("final plan approved by the critic:", critic_log["final"]["approved"])
+plan_path = OUT / "plan.json"
+plan_path.write_text(json.dumps({"plan": plan.to_dict(), "critic": critic_log}, indent=1, default=str))
+print("plan and critic log:", plan_path)
+"""),
+    md("""
+## The plan, plotted
+
+A few control channels over time (event boundaries in grey) and the 62 keypoints at three moments. Lid closure
+`au45` (0 open, 1 closed), gaze in [0, 1], pitch and yaw in degrees. Keypoints are normalised image coordinates
+(y down).
+"""),
+    code("""
+t = np.arange(controls.num_frames) / controls.fps
+fig, (lids, angles, face) = plt.subplots(1, 3, figsize=(14, 3.8), width_ratios=(2, 2, 1.3))
+for ax in (lids, angles):
+    for event in plan.events[1:]:
+        ax.axvline(event.start_s, color="0.8", lw=0.8, zorder=0)
+    ax.set_xlabel("seconds")
+for name in ("au45_l", "au45_r", "gaze_left", "gaze_down"):
+    lids.plot(t, controls.channel(name), label=name)
+lids.set_title("lids and gaze")
+lids.legend(fontsize=8)
+for name in ("pitch", "yaw"):
+    angles.plot(t, controls.channel(name), label=name)
+angles.set_ylabel("degrees")
+angles.set_title("head pose")
+angles.legend(fontsize=8)
+for frame, color in ((0, "tab:blue"), (len(keypoints) // 2, "tab:orange"), (len(keypoints) - 1, "tab:red")):
+    face.scatter(keypoints[frame, :, 0], keypoints[frame, :, 1], s=6, color=color, label=f"{frame / 25:.2f} s")
+face.invert_yaxis()
+face.set_aspect("equal")
+face.set_title("62 eye-region keypoints")
+face.legend(fontsize=8)
+fig.suptitle(f"Stage 1: '{LABEL}' + '{INSTRUCTION}'")
+fig.tight_layout()
+fig.savefig(OUT / "stage1_plan.png", dpi=100)
+plt.show()
+"""),
+    md("""
+## Stage 2 · an untrained tiny DiT and Wan VAE
+
+A trained run is what `avatarjax train --config configs/wan_vae/synthface_small.py` and `avatarjax train
+--config configs/cogportrait/synthface_small.py --config.data.vae=...` produce (about half an hour on this CPU,
+numbers in the README). Here both models are built with random weights from the tiny configs and saved as export
+directories, the form `avatarjax sample --checkpoint` and `load_model` read. The DiT needs per-channel latent
+statistics of its VAE (training writes them beside the VAE); we measure them on a few rendered synthface windows.
+"""),
+    code("""
+import shutil
+
+from flax import nnx
+
+from avatarjax.config import load_config
+from avatarjax.data.synthface.loader import source
+from avatarjax.registry import TASKS
+from avatarjax.train.export import load_model, save_export
+from avatarjax.train.objectives import cog_portrait as cog_task
+
+for old in ("wan_vae", "dit"):  # a rerun starts fresh
+    shutil.rmtree(OUT / old, ignore_errors=True)
+vae_cfg = load_config(REPO / "configs/wan_vae/synthface_tiny.py")
+z_dim = vae_cfg.model.vae.z_dim
+dit_cfg = load_config(REPO / "configs/cogportrait/synthface_tiny.py",
+                      [f"--config.data.vae={OUT / 'wan_vae'}", f"--config.model.net.in_channels={z_dim}",
+                       f"--config.model.net.out_channels={z_dim}", f"--config.model.net.pose_channels={z_dim}"])
+with nnx.use_eager_sharding(False):  # outside a mesh
+    save_export(TASKS.get("wan_vae").build_model(vae_cfg, nnx.Rngs(0)), vae_cfg, OUT / "wan_vae")
+    save_export(TASKS.get("cog_portrait").build_model(dit_cfg, nnx.Rngs(0)), dit_cfg, OUT / "dit")
+
+data = dit_cfg.data
+train_clips = source(data.synthface, "train")
+latents = cog_task.WindowLatents(str(OUT / "wan_vae"))
+latents.setup_normalisation(lambda: [cog_task.render_window(train_clips[i], 0, data.synthface.window,
+                                                            data.synthface.frame_size, 62)[0] for i in range(4)])
+print("latent statistics:", sorted(p.name for p in (OUT / "wan_vae").iterdir()))
+"""),
+    md("""
+## Stage 2 · keypoints → pose video → video
+
+The portrait is a held-out synthface identity and the speech is synthetic (`avatarjax.pipelines.demo_inputs`).
+Stage 1 plans keypoints for a canonical face; a thin-plate spline (`pose_video.align_to_reference`) moves them
+onto this portrait's face, exactly as `avatarjax sample ... -- --label` does. The DiT's clips are 1 + 4k frames
+(the causal VAE compresses time by 4), so we keep the first 49 of the 50 planned frames. The whole sampler (UniPC,
+dynamic CFG with conditional and unconditional rows in one batch) runs in one jit.
+"""),
+    code("""
+from avatarjax import media
+from avatarjax.data.preprocess import pose_video
+from avatarjax.data.synthface import geometry, identity as identity_lib, render, schema
+from avatarjax.pipelines import demo_inputs
+from avatarjax.pipelines.cog_portrait import CogPortraitPipeline
+from avatarjax.planning import keypoints as planning_keypoints
+
+size = data.synthface.frame_size
+inputs = demo_inputs.make_inputs(OUT / "inputs", size=size, seconds=SECONDS)
+portrait, speech = media.read_image(inputs["portrait"]), media.read_audio(inputs["speech"])
+identity = identity_lib.sample_identity(inputs["identity"])
+frames = 1 + 4 * ((len(keypoints) - 1) // 4)
+neutral = planning_keypoints.controls_to_keypoints(schema.neutral_state(1)[:, schema.CONTROL_SLICE],
+                                                   agents.resolve_basis(0))[0]
+reference = geometry.keypoints(identity, schema.neutral_state(1))[0, :62]
+driving = pose_video.align_to_reference(keypoints[:frames], reference, neutral=neutral)
+
+model, cfg = load_model(OUT / "dit")
+pipe = CogPortraitPipeline(model, cfg)
+result = pipe.generate(portrait, driving, speech, INSTRUCTION)  # compiles the sampler on the first call
+print(f"{result.info}; latents {result.latents.shape}")
+again = pipe.generate(portrait, driving, speech, INSTRUCTION)  # compiled: the sampling time itself
+print(f"second call {again.info['wall_s']:.2f} s for {frames / 25:.2f} s of video")
+assert result.frames.shape == (frames, size, size, 3) and np.isfinite(result.latents).all()
+"""),
+    code("""
+def video_html(path, width=192):
+    \"\"\"An inline HTML5 player for an mp4 (H.264 + AAC).\"\"\"
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return HTML(f'<video width="{width}" controls loop><source src="data:video/mp4;base64,{data}" '
+                f'type="video/mp4"></video>')
+
+
+video_path = media.write_video(OUT / "drowsiness_untrained.mp4", result.frames, fps=schema.FPS,
+                               audio=speech[:frames * schema.SAMPLES_PER_FRAME], sample_rate=schema.SAMPLE_RATE)
+pose = pose_video.render_pose_video(driving, size)  # what the DiT is conditioned on
+every = slice(0, frames, 6)
+render.contact_sheet(pose[every], columns=9, path=OUT / "pose_sheet.png")
+render.contact_sheet(result.frames[every], columns=9, path=OUT / "video_sheet.png")
+print("pose video (the planned motion on this portrait's face), every 6th frame:")
+display(Image(filename=OUT / "pose_sheet.png"))
+print("generated frames, every 6th (UNTRAINED weights: noise-like, not a face):")
+display(Image(filename=OUT / "video_sheet.png"))
+display(video_html(video_path))
+"""),
+    md("""
+## With a trained model
+
+Replace `OUT / "dit"` by a trained run (a workdir or an `avatarjax export`; its config names its Wan VAE). The same
+in one command, Stage 1 included (the plan and critic log are written beside the video):
+
+```
+avatarjax sample --checkpoint outputs/cogportrait --out outputs/cogportrait/drowsy.mp4 -- --label drowsiness
+```
+"""),
+]
+
 # ------------------------------------------------------------------------------------------------------ 04 PosNet
 NB04 = [
     md("""
@@ -439,6 +627,7 @@ about a real accelerator; the memory split and the shardings are what carry over
 
 NOTEBOOKS = {
     "01_instructavatar_sampling.ipynb": NB01,
+    "02_cogportrait_label_to_video.ipynb": NB02,
     "04_posnet_seams.ipynb": NB04,
     "05_profiling_sharded_step.ipynb": NB05,
 }

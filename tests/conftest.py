@@ -35,7 +35,7 @@ def tiny_config(*overrides: str):
     from avatarjax.config import load_config
 
     return load_config(TINY_LM, ["--config.log.progress=false", "--config.log.tensorboard=false",
-                                 f"--config.data.path={fixed_corpus()}", *overrides])
+                                 "--config.log.plots=false", f"--config.data.path={fixed_corpus()}", *overrides])
 
 
 def make_mesh(cfg, num_devices: int):

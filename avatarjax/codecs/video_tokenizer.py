@@ -15,6 +15,12 @@ projected latents (plus latent positions) run through a ViT; the first ``P`` out
 Shapes: ``encode(frames [B, T, S, S, 3]) -> latents [B, T, K, D]``; ``decode(latents) -> frames [B, T, S, S, 3]``.
 ``jitted_encode`` / ``jitted_decode`` give them as jitted functions of arrays alone.
 
+Layout switches (all off by default) let the same modules hold TiTok checkpoints (``avatarjax convert titok``,
+:mod:`avatarjax.codecs.titok_convert`): a class token before the patch tokens, a LayerNorm over the input
+sequence (``ln_pre``), a decoder width of its own, a 3x3 conv after unpatchify, TiTok's legacy token layout
+before the latent head, LayerNorm eps, and a temporal stack without its final norm (identity when its residual
+outputs are zero).
+
 Analytic FLOPs (``flops_per_frame``) count every matmul XLA executes, including the fully computed (masked)
 temporal attention scores over the whole clip, so that MFU is measured against the work actually done.
 """
@@ -31,6 +37,7 @@ from flax import nnx
 
 from avatarjax.codecs.motion_vae import kl_divergence
 from avatarjax.nn.attention import Attention
+from avatarjax.nn.conv import Conv
 from avatarjax.nn.linear import Dense
 from avatarjax.nn.mlp import MLP
 from avatarjax.nn.norms import LayerNorm
@@ -166,14 +173,15 @@ def _table(rngs: nnx.Rngs, rows: int, dim: int, std: float, param_dtype) -> nnx.
 class Block(nnx.Module):
     """Pre-LN Transformer block (attention, GELU MLP): ``[N, L, dim]`` -> same."""
 
-    def __init__(self, cfg: VideoTokenizerConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: VideoTokenizerConfig, dim: int, num_heads: int, mlp_dim: int, *, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.norm1 = LayerNorm(cfg.dim, eps=1e-6, param_dtype=param_dtype)
-        self.attn = Attention(cfg.dim, cfg.num_heads, qkv_bias=True, out_bias=True,
+        self.norm1 = LayerNorm(dim, eps=cfg.norm_eps, param_dtype=param_dtype)
+        self.attn = Attention(dim, num_heads, qkv_bias=True, out_bias=True,
                               qk_norm="per_head" if cfg.qk_norm else None,
                               implementation=None if cfg.attention == "auto" else cfg.attention, **kw)
-        self.norm2 = LayerNorm(cfg.dim, eps=1e-6, param_dtype=param_dtype)
-        self.mlp = MLP(cfg.dim, cfg.mlp_dim, activation="gelu", **kw)
+        self.norm2 = LayerNorm(dim, eps=cfg.norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(dim, mlp_dim, activation="gelu", **kw)
 
     def __call__(self, x: jax.Array, rope=None, mask: jax.Array | None = None) -> jax.Array:
         x = constrain(x + self.attn(self.norm1(x), rope=rope, mask=mask), TOKENS)
@@ -181,61 +189,94 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """``num_layers`` scanned ``Block``s and a final LayerNorm: ``[N, L, dim]`` -> same."""
+    """Optional input LayerNorm (``pre_norm``), ``num_layers`` scanned ``Block``s and an optional final LayerNorm
+    (``final_norm``): ``[N, L, dim]`` -> same. ``dim``/``num_heads``/``mlp_dim`` default to the config's."""
 
-    def __init__(self, cfg: VideoTokenizerConfig, num_layers: int, *, remat: str = "none", dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: VideoTokenizerConfig, num_layers: int, *, dim: int | None = None,
+                 num_heads: int | None = None, mlp_dim: int | None = None, pre_norm: bool = False,
+                 final_norm: bool = True, remat: str = "none", dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        dim, num_heads, mlp_dim = dim or cfg.dim, num_heads or cfg.num_heads, mlp_dim or cfg.mlp_dim
         self.remat = remat
-        self.layers = create_stacked(lambda r: Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r),
-                                     num_layers, rngs)
-        self.norm = LayerNorm(cfg.dim, eps=1e-6, param_dtype=param_dtype)
+        self.pre_norm = LayerNorm(dim, eps=cfg.norm_eps, param_dtype=param_dtype) if pre_norm else None
+        self.layers = create_stacked(
+            lambda r: Block(cfg, dim, num_heads, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=r),
+            num_layers, rngs)
+        self.norm = LayerNorm(dim, eps=cfg.norm_eps, param_dtype=param_dtype) if final_norm else None
 
     def __call__(self, x: jax.Array, rope=None, mask: jax.Array | None = None) -> jax.Array:
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
         x = run_stacked(self.layers, lambda layer, h, _: layer(h, rope, mask), x, remat=self.remat)
-        return self.norm(x)
+        return x if self.norm is None else self.norm(x)
+
+
+def _with_class_token(x: jax.Array, class_token: nnx.Param | None) -> jax.Array:
+    """Prepend the (learned, position-included) class token to ``[N, L, dim]`` when there is one."""
+    if class_token is None:
+        return x
+    cls = jnp.broadcast_to(class_token[...].astype(x.dtype), (x.shape[0],) + class_token.shape)
+    return jnp.concatenate([cls, x], axis=1)
 
 
 class FrameEncoder(nnx.Module):
-    """frames ``[N, S, S, 3]`` -> latent-token features ``[N, K, dim]`` (the last K outputs of the ViT)."""
+    """frames ``[N, S, S, 3]`` -> latent-token features ``[N, K, dim]`` (the last K outputs of the ViT).
+
+    The sequence is ``[class token (cfg.class_token)] + P patch tokens + K latent tokens``."""
 
     def __init__(self, cfg: VideoTokenizerConfig, *, remat: str, dtype, param_dtype, rngs: nnx.Rngs):
         self.patch_size = cfg.patch_size
         self.patch_embed = Dense(cfg.patch_dim, cfg.dim, axes=("conv_in", "embed"), dtype=dtype,
                                  param_dtype=param_dtype, rngs=rngs)
         self.patch_pos = _table(rngs, cfg.num_patches, cfg.dim, 0.02, param_dtype)
+        self.class_token = _table(rngs, 1, cfg.dim, cfg.dim ** -0.5, param_dtype) if cfg.class_token else None
         self.latent_tokens = _table(rngs, cfg.num_latent_tokens, cfg.dim, cfg.dim ** -0.5, param_dtype)
-        self.transformer = Transformer(cfg, cfg.encoder_layers, remat=remat, dtype=dtype, param_dtype=param_dtype,
-                                       rngs=rngs)
+        self.transformer = Transformer(cfg, cfg.encoder_layers, pre_norm=cfg.pre_norm, remat=remat, dtype=dtype,
+                                       param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, frames: jax.Array) -> jax.Array:
         x = self.patch_embed(patchify(frames, self.patch_size))
-        x = x + self.patch_pos[...].astype(x.dtype)
+        x = _with_class_token(x + self.patch_pos[...].astype(x.dtype), self.class_token)
         queries = jnp.broadcast_to(self.latent_tokens[...].astype(x.dtype), (x.shape[0],) + self.latent_tokens.shape)
         x = self.transformer(constrain(jnp.concatenate([x, queries], axis=1), TOKENS))
         return x[:, -queries.shape[1]:]
 
 
 class FrameDecoder(nnx.Module):
-    """latents ``[N, K, D]`` -> frames ``[N, S, S, 3]`` float32 (unbounded, ~[-1, 1])."""
+    """latents ``[N, K, D]`` -> frames ``[N, S, S, 3]`` float32 (unbounded, ~[-1, 1]).
+
+    The sequence is ``[class token (cfg.class_token)] + P mask tokens + K projected latents``; the P outputs
+    become pixel patches (then, with ``cfg.pixel_conv``, a 3x3 conv over the frame)."""
 
     def __init__(self, cfg: VideoTokenizerConfig, *, remat: str, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        dim = cfg.dec_dim
         self.patch_size = cfg.patch_size
-        self.latent_proj = Dense(cfg.latent_dim, cfg.dim, axes=("latent", "embed"), **kw)
-        self.latent_pos = _table(rngs, cfg.num_latent_tokens, cfg.dim, 0.02, param_dtype)
-        self.mask_token = _table(rngs, 1, cfg.dim, cfg.dim ** -0.5, param_dtype)
-        self.patch_pos = _table(rngs, cfg.num_patches, cfg.dim, 0.02, param_dtype)
-        self.transformer = Transformer(cfg, cfg.decoder_layers, remat=remat, **kw)
-        self.to_pixels = Dense(cfg.dim, cfg.patch_dim, axes=("embed", "conv_out"), **kw)
+        self.latent_proj = Dense(cfg.latent_dim, dim, axes=("latent", "embed"), **kw)
+        self.latent_pos = _table(rngs, cfg.num_latent_tokens, dim, 0.02, param_dtype)
+        self.mask_token = _table(rngs, 1, dim, dim ** -0.5, param_dtype)
+        self.patch_pos = _table(rngs, cfg.num_patches, dim, 0.02, param_dtype)
+        self.class_token = _table(rngs, 1, dim, dim ** -0.5, param_dtype) if cfg.class_token else None
+        self.transformer = Transformer(cfg, cfg.decoder_layers, dim=dim, num_heads=cfg.dec_heads,
+                                       mlp_dim=cfg.dec_mlp_dim, pre_norm=cfg.pre_norm, remat=remat, **kw)
+        self.to_pixels = Dense(dim, cfg.patch_dim, axes=("embed", "conv_out"), **kw)
+        self.pixel_conv = Conv(3, 3, 3, **kw) if cfg.pixel_conv else None
 
-    def __call__(self, latents: jax.Array) -> jax.Array:
+    def features(self, latents: jax.Array) -> jax.Array:
+        """latents ``[N, K, D]`` -> the final-normed patch-token outputs ``[N, P, dec_dim]``."""
         z = self.latent_proj(latents)
         z = z + self.latent_pos[...].astype(z.dtype)
         masks = (self.mask_token[...] + self.patch_pos[...]).astype(z.dtype)
-        masks = jnp.broadcast_to(masks, (z.shape[0],) + masks.shape)
+        masks = _with_class_token(jnp.broadcast_to(masks, (z.shape[0],) + masks.shape), self.class_token)
         x = self.transformer(constrain(jnp.concatenate([masks, z], axis=1), TOKENS))
-        patches = self.to_pixels(x[:, :masks.shape[1]])
-        return unpatchify(patches, self.patch_size).astype(jnp.float32)
+        first = 0 if self.class_token is None else 1
+        return x[:, first:first + self.patch_pos.shape[0]]
+
+    def __call__(self, latents: jax.Array) -> jax.Array:
+        frames = unpatchify(self.to_pixels(self.features(latents)), self.patch_size)
+        if self.pixel_conv is not None:
+            frames = self.pixel_conv(frames)
+        return frames.astype(jnp.float32)
 
 
 class VideoTokenizer(nnx.Module):
@@ -246,7 +287,7 @@ class VideoTokenizer(nnx.Module):
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.encoder = FrameEncoder(cfg, remat=remat, **kw)
-        self.temporal = Transformer(cfg, cfg.temporal_layers, remat=remat, **kw)
+        self.temporal = Transformer(cfg, cfg.temporal_layers, final_norm=cfg.temporal_final_norm, remat=remat, **kw)
         out = 2 * cfg.latent_dim if cfg.regularizer == "kl" else cfg.latent_dim
         self.to_latent = Dense(cfg.dim, out, axes=("embed", "latent"), **kw)
         self.decoder = FrameDecoder(cfg, remat=remat, **kw)
@@ -268,7 +309,10 @@ class VideoTokenizer(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(t * k) // k, (b, t * k))
         rope = rope_frequencies(positions, cfg.dim // cfg.num_heads, cfg.rope_theta)
         mask = block_causal_mask(t, k, cfg.temporal_window)[None, None]
-        out = self.to_latent(self.temporal(x, rope, mask)).astype(jnp.float32).reshape(b, t, k, -1)
+        h = self.temporal(x, rope, mask)
+        if cfg.legacy_token_layout:  # TiTok's is_legacy: each frame's [K, dim] memory read as [dim, K]
+            h = h.reshape(b * t, cfg.dim, k).swapaxes(1, 2)
+        out = self.to_latent(h).astype(jnp.float32).reshape(b, t, k, -1)
         if cfg.regularizer == "kl":
             mean, logvar = jnp.split(out, 2, axis=-1)
             logvar = jnp.clip(logvar, *LOGVAR_RANGE)
@@ -315,13 +359,14 @@ def kl_per_frame(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------------- analytic FLOPs
-def _transformer_flops(cfg: VideoTokenizerConfig, layers: int, tokens: int, kv_tokens: int | None = None) -> float:
+def _transformer_flops(cfg: VideoTokenizerConfig, layers: int, tokens: int, kv_tokens: int | None = None, *,
+                       dim: int | None = None, mlp_dim: int | None = None) -> float:
     """Forward FLOPs of ``layers`` blocks over ``tokens`` queries attending to ``kv_tokens`` keys (default: all)."""
     kv = tokens if kv_tokens is None else kv_tokens
-    d = cfg.dim
+    d, m = dim or cfg.dim, mlp_dim or cfg.mlp_dim
     proj = 2.0 * tokens * d * d * 4  # q, k, v, o
     scores = 2.0 * 2.0 * tokens * kv * d  # q k^T and p v
-    mlp = 2.0 * 2.0 * tokens * d * cfg.mlp_dim
+    mlp = 2.0 * 2.0 * tokens * d * m
     return layers * (proj + scores + mlp)
 
 
@@ -329,16 +374,18 @@ def encode_flops_per_frame(cfg: VideoTokenizerConfig, clip_frames: int) -> float
     """Forward FLOPs of ``encode`` per frame of a ``clip_frames``-frame clip (temporal attention scores are
     computed over the whole clip under the mask)."""
     k, p = cfg.num_latent_tokens, cfg.num_patches
-    frame = 2.0 * p * cfg.patch_dim * cfg.dim + _transformer_flops(cfg, cfg.encoder_layers, p + k)
+    frame = 2.0 * p * cfg.patch_dim * cfg.dim + _transformer_flops(cfg, cfg.encoder_layers, p + k + cfg.class_token)
     temporal = _transformer_flops(cfg, cfg.temporal_layers, k, clip_frames * k)
     head = 2.0 * k * cfg.dim * cfg.latent_dim * (2 if cfg.regularizer == "kl" else 1)
     return frame + temporal + head
 
 
 def decode_flops_per_frame(cfg: VideoTokenizerConfig) -> float:
-    k, p = cfg.num_latent_tokens, cfg.num_patches
-    return (2.0 * k * cfg.latent_dim * cfg.dim + _transformer_flops(cfg, cfg.decoder_layers, p + k)
-            + 2.0 * p * cfg.dim * cfg.patch_dim)
+    k, p, d = cfg.num_latent_tokens, cfg.num_patches, cfg.dec_dim
+    conv = 2.0 * cfg.frame_size ** 2 * 9 * 3 * 3 if cfg.pixel_conv else 0.0
+    return (2.0 * k * cfg.latent_dim * d
+            + _transformer_flops(cfg, cfg.decoder_layers, p + k + cfg.class_token, dim=d, mlp_dim=cfg.dec_mlp_dim)
+            + 2.0 * p * d * cfg.patch_dim + conv)
 
 
 def flops_per_frame(cfg: VideoTokenizerConfig, clip_frames: int) -> float:

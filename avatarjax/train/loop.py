@@ -246,6 +246,10 @@ class Trainer:
             bar.close()
             writer.close()
             self.checkpoints.close()
+        if self.primary and cfg.log.plots:
+            from avatarjax.train.plots import plot_metrics
+
+            plot_metrics(self.workdir)  # loss curves and metric groups as PNG beside metrics.jsonl
         self.state = state
         return TrainResult(step=step, preempted=preempted, last_metrics=last, losses=losses,
                            step_end_times=step_end_times, data_wait_s=data_wait, check_wait_s=check_wait)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import TINY_LM
 
-QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false"]
+QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 
 
 def avatarjax(*args, timeout=600, **kwargs):
@@ -23,13 +23,16 @@ def avatarjax(*args, timeout=600, **kwargs):
 
 def test_train_eval_sample_profile(tmp_path):
     work = str(tmp_path / "w")
-    out = avatarjax("train", "--config", TINY_LM, "--workdir", work, "--config.train.steps=4", *QUIET)
+    # plots on (the default): the loss curve PNG lands beside metrics.jsonl
+    out = avatarjax("train", "--config", TINY_LM, "--workdir", work, "--config.train.steps=4", "--config.log.every=1",
+                    *QUIET[:2])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "train done at step 4" in out.stdout
     assert (Path(work) / "checkpoints" / "4").is_dir()
-    ev = avatarjax("eval", "--config", TINY_LM, "--workdir", work, "--batches", "2")
+    assert (Path(work) / "plots" / "loss.png").stat().st_size > 0
+    ev = avatarjax("eval", "--config", TINY_LM, "--workdir", work, "--batches", "2", "--plot", str(tmp_path / "r.png"))
     assert ev.returncode == 0, ev.stderr[-2000:]
-    assert json.loads(ev.stdout)["step"] == 4
+    assert json.loads(ev.stdout)["step"] == 4 and (tmp_path / "r.png").stat().st_size > 0
     # sample needs no --config: the run's config.json is used
     sample = avatarjax("sample", "--workdir", work, "--", "--prompt", "import ", "--tokens", "16")
     assert sample.returncode == 0, sample.stderr[-2000:]

@@ -23,7 +23,8 @@ def test_two_processes_match_one(tmp_path):
     from avatarjax.train.loop import Trainer
 
     common = [f"--config.train.steps={STEPS}", "--config.log.every=1", "--config.checkpoint.every=2",
-              "--config.log.progress=false", "--config.log.tensorboard=false", f"--config.data.path={fixed_corpus()}"]
+              "--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false",
+              f"--config.data.path={fixed_corpus()}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVATARJAX_")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["AVATARJAX_BIN"] = str(REPO / ".venv" / "bin" / "avatarjax") if (REPO / ".venv").exists() else "avatarjax"

@@ -17,7 +17,7 @@ from avatarjax.train.objectives import dac as objective
 from tests.conftest import REPO, make_mesh
 
 CONFIGS = REPO / "configs" / "dac"
-QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false"]
+QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 TINY = dac.DACConfig(sample_rate=16000, encoder_dim=4, encoder_rates=(2, 4), decoder_dim=32, decoder_rates=(4, 2),
                      n_codebooks=3, codebook_size=16, codebook_dim=4)
 

@@ -18,7 +18,8 @@ TINY = str(REPO / "configs" / "face_reader" / "synthface_tiny.py")
 
 
 def _cfg(*overrides):
-    return load_config(TINY, ["--config.log.progress=false", "--config.log.tensorboard=false", *overrides])
+    return load_config(TINY, ["--config.log.progress=false", "--config.log.tensorboard=false",
+                              "--config.log.plots=false", *overrides])
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def tiny_cfg(vae: str, *overrides: str):
     from avatarjax.config import load_config
 
     return load_config(TINY, ["--config.log.progress=false", "--config.log.tensorboard=false",
-                              f"--config.data.vae={vae}", *overrides])
+                              "--config.log.plots=false", f"--config.data.vae={vae}", *overrides])
 
 
 def _model(cfg):

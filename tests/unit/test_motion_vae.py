@@ -21,7 +21,7 @@ from avatarjax.train.objectives import motion_vae as objective
 from tests.conftest import REPO, make_mesh
 
 CONFIGS = REPO / "configs" / "motion_vae"
-QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false"]
+QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 
 
 def _config(name="synthface_tiny", *overrides):

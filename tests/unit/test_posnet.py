@@ -22,7 +22,7 @@ from avatarjax.train.loop import Trainer
 from avatarjax.train.objectives import posnet as objective
 from tests.conftest import REPO, make_mesh
 
-QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false"]
+QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 
 
 class TorchPosNet(torch.nn.Module):

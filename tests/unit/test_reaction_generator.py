@@ -19,7 +19,7 @@ K, STEPS = 3, 3  # one compiled segment sampler shared by the tests
 def tiny_cfg(*overrides: str):
     from avatarjax.config import load_config
 
-    return load_config(TINY, ["--config.log.progress=false", "--config.log.tensorboard=false", *overrides])
+    return load_config(TINY, ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false", *overrides])
 
 
 @pytest.fixture(scope="module")

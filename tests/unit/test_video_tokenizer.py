@@ -19,7 +19,7 @@ from avatarjax.train.objectives import video_tokenizer as objective
 from tests.conftest import REPO, make_mesh
 
 CONFIGS = REPO / "configs" / "video_tokenizer"
-QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false"]
+QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 
 
 def _config(name="synthface_tiny", *overrides):
@@ -35,8 +35,17 @@ def _frames(shape, seed=0) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).uniform(-1.0, 1.0, shape), jnp.float32)
 
 
-def test_shapes_and_logical_axes():
-    cfg = _config()
+# TiTok's layout (what ``avatarjax convert titok`` sets): every switch on, a wider decoder of its own
+TITOK_LAYOUT = ("--config.model.class_token=true", "--config.model.pre_norm=true", "--config.model.pixel_conv=true",
+                "--config.model.legacy_token_layout=true", "--config.model.temporal_final_norm=false",
+                "--config.model.qk_norm=false", "--config.model.norm_eps=1e-5", "--config.model.decoder_dim=48",
+                "--config.model.decoder_heads=3", "--config.model.decoder_mlp_dim=96")
+LAYOUTS = pytest.mark.parametrize("layout", [(), TITOK_LAYOUT], ids=["ours", "titok"])
+
+
+@LAYOUTS
+def test_shapes_and_logical_axes(layout):
+    cfg = _config("synthface_tiny", *layout)
     mesh = make_mesh(cfg, 1)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_lib.resolve(cfg.mesh.rules)):
         model = nnx.eval_shape(lambda: TASKS.get("video_tokenizer").build_model(cfg, nnx.Rngs(0)))
@@ -115,8 +124,9 @@ def test_kl_term_matches_a_hand_computation(regularizer):
     assert float(kl[0, 0]) == pytest.approx(0.5 * (1.0 + np.e - 2.0), rel=1e-6)
 
 
-def test_analytic_flops_match_xla():
-    cfg = _config()
+@LAYOUTS
+def test_analytic_flops_match_xla(layout):
+    cfg = _config("synthface_tiny", *layout)
     model = _model(cfg)
     graphdef, state = nnx.split(model)
     m, t = cfg.model, 3

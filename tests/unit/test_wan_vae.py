@@ -20,7 +20,7 @@ from avatarjax.train.objectives import wan_vae as objective
 from tests.conftest import REPO, make_mesh
 
 CONFIGS = REPO / "configs" / "wan_vae"
-QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false"]
+QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 TINY21 = wv.WanVAEConfig(base_dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, latents_mean=(),
                          latents_std=())
 TINY22 = wv.WanVAEConfig(base_dim=4, decoder_base_dim=6, z_dim=6, dim_mult=(1, 2, 2, 2), num_res_blocks=1,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tqdm.auto import tqdm
 
 from avatarjax.data.synthface import identity as identity_lib
 from avatarjax.data.synthface.records import WorldConfig, clip_identity, clip_split, make_record
@@ -74,13 +75,17 @@ class Synthface(tfds.core.GeneratorBasedBuilder):
         world = self.builder_config.world
         indices = [i for i in range(world.num_clips) if clip_split(clip_identity(world, i)) == split]
         workers = self.builder_config.workers or os.cpu_count() or 1
-        if workers <= 1:
-            for i in indices:
-                yield f"{i:07d}", make_record(world, i)
-            return
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for i, record in pool.imap(_make, [(world, i) for i in indices], chunksize=8):
-                yield f"{i:07d}", record
+        # disable=None: a bar on a terminal, silent when stderr is a file or a pipe (logs, tests)
+        with tqdm(total=len(indices), desc=f"synthface {split}", unit="clip", disable=None) as bar:
+            if workers <= 1:
+                for i in indices:
+                    yield f"{i:07d}", make_record(world, i)
+                    bar.update(1)
+                return
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for i, record in pool.imap(_make, [(world, i) for i in indices], chunksize=8):
+                    yield f"{i:07d}", record
+                    bar.update(1)
 
 
 def builder(data_dir: str | Path, world: WorldConfig, workers: int = 0) -> Synthface:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+from tqdm.auto import tqdm
 
 from avatarjax.config import dataclass_from_overrides
 from avatarjax.data.synthface import identity as identity_lib, react
@@ -58,7 +59,7 @@ def _write_track(folder: Path, state: np.ndarray, emotion_probs: np.ndarray | No
 def export_sessions(out: str | Path, cfg: DyadicConfig) -> dict:
     out = Path(out)
     index: dict[str, list[str]] = {"train": [], "val": []}
-    for n in range(cfg.num_sessions):
+    for n in tqdm(range(cfg.num_sessions), desc="dyadic sessions", unit="session", disable=None):
         speaker_id, listener_id = _identities(cfg, n)
         split = "val" if identity_lib.is_heldout(speaker_id) else "train"
         session = generate_session(int(np.random.default_rng([cfg.seed, n]).integers(2**31)), speaker_id,
