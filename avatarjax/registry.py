@@ -82,6 +82,7 @@ TASKS.register("video_tokenizer", "avatarjax.train.objectives.video_tokenizer:VI
 BENCHMARKS.register("video_tokenizer", "avatarjax.train.objectives.video_tokenizer:bench_video_tokenizer")
 TASKS.register("dac", "avatarjax.train.objectives.dac:DAC_TASK")
 CONVERTERS.register("dac", "avatarjax.codecs.dac:CONVERTER")
+CONVERTERS.register("titok", "avatarjax.codecs.titok_convert:CONVERTER")
 BENCHMARKS.register("dac", "avatarjax.codecs.dac:bench_dac")
 CONVERTERS.register("wan-vae", "avatarjax.codecs.wan_vae:CONVERTER")
 TASKS.register("wan_vae", "avatarjax.train.objectives.wan_vae:WAN_VAE_TASK")
