@@ -43,7 +43,9 @@ Linear -> SiLU -> Linear; condition Linear(dim -> w); ``y = t + c``; ``depth`` r
 ``x (1 + scale) + shift``, Linear, SiLU, Linear, gated residual] whose adaLN (SiLU -> Linear(w -> 3w)) is
 zero-initialised; final [LayerNorm without affine, adaLN modulate, Linear(w -> D)] zero-initialised. Trained with
 eps-prediction on a 1000-step cosine schedule (``diffusion_loss``, ``diffusion_batch_mul`` copies per condition);
-sampled by ancestral DDPM over respaced steps with a temperature on the per-step noise (``sample_video_tokens``).
+sampled by ancestral DDPM over respaced steps with a temperature on the per-step noise and each x0 prediction
+clipped to ``head.x0_clip`` (``sample_video_tokens``; without it the first step from t = T - 1 amplifies eps
+errors by 1 / sqrt(abar) ~ 2e4 and free-running streams feed back exploding tokens).
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ class DiffusionHeadConfig:
     schedule: str = "cosine"
     sample_steps: int = 100  # respaced ancestral steps at inference
     temperature: float = 0.95  # scale of the per-step noise when sampling
+    # Each step's x0 prediction is clipped to [-x0_clip, x0_clip] (0: off). The first respaced step starts at
+    # t = T - 1 where sqrt(abar) = 5e-5 (cosine), so x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) multiplies any eps
+    # error by 2e4: unclipped, a few-step sampler (or an untrained head, eps = 0) emits tokens of size ~1e4, and
+    # fed back as the next frame's input they derail the stream. Video tokens are expected normalised to about
+    # unit scale (the synthface stand-in tokens lie within [-3, 3]).
+    x0_clip: float = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,10 +290,13 @@ def diffusion_loss(head: DiffusionHead, schedule: DiscreteSchedule, target: jax.
 
 
 def sample_video_tokens(head: DiffusionHead, schedule: DiscreteSchedule, cond: jax.Array, key: jax.Array, *,
-                        token_dim: int, num_steps: int, temperature: float | jax.Array = 1.0) -> jax.Array:
+                        token_dim: int, num_steps: int, temperature: float | jax.Array = 1.0,
+                        x0_clip: float = 0.0) -> jax.Array:
     """Ancestral DDPM over ``ddim_timesteps(T, num_steps)`` (respaced) from the conditions ``[N, C]``; returns
     tokens ``[N, D]``. Each step is DDIM with eta = 1 (the respaced DDPM posterior) with the noise scaled by
-    ``temperature`` (MAR); at temperature 1 it equals ``samplers.ddim_sample(eta=1)`` with the same keys."""
+    ``temperature`` (MAR); at temperature 1 it equals ``samplers.ddim_sample(eta=1, clip=x0_clip or None)`` with
+    the same keys. With ``x0_clip`` > 0 each x0 prediction is clipped to ``[-x0_clip, x0_clip]`` and eps
+    recomputed from it (so the last step, ``abar_prev = 1``, returns the clipped x0: the tokens stay bounded)."""
     n = cond.shape[0]
     noise_key, step_key = jax.random.split(key)
     c = head.embed_condition(cond)
@@ -299,6 +310,9 @@ def sample_video_tokens(head: DiffusionHead, schedule: DiscreteSchedule, cond: j
         (a, one_minus), (a_prev, one_minus_prev) = abar_and_complement(la), abar_and_complement(lp)
         eps = head.denoise(x, jnp.full((n,), t), c)
         x0 = (x - jnp.sqrt(one_minus) * eps) / jnp.sqrt(a)
+        if x0_clip > 0:
+            x0 = jnp.clip(x0, -x0_clip, x0_clip)
+            eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(one_minus)
         var = ddim_variance(la, lp, 1.0)
         x = jnp.sqrt(a_prev) * x0 + jnp.sqrt(jnp.maximum(one_minus_prev - var, 0.0)) * eps
         return x + temperature * jnp.sqrt(var) * jax.random.normal(k, x.shape, x.dtype), None
@@ -655,7 +669,8 @@ def stream_step(model: SpeechVideoLM, state: StreamState, controls: StreamContro
     temp = cfg.head.temperature if video_temperature is None else video_temperature
     video = sample_video_tokens(model.video_head, head_schedule(cfg.head), cond.reshape(-1, cond.shape[-1]),
                                 video_key, token_dim=cfg.video_dim, num_steps=video_steps or cfg.head.sample_steps,
-                                temperature=temp).reshape(b, cfg.video_tokens, cfg.video_dim)
+                                temperature=temp, x0_clip=cfg.head.x0_clip).reshape(b, cfg.video_tokens,
+                                                                                    cfg.video_dim)
     # delayed step i+1 holds codebook q of frame i-q: special where that frame does not exist yet
     delayed = jnp.where(i - qs >= 0, delayed, special)
     agent_history = jnp.concatenate([delayed[:, None], state.agent_history[:, :-1]], axis=1)

@@ -3,9 +3,11 @@ reference and a frozen reward model, on human prompts from synthface dyadic sess
 --config.model.policy_init at a speech_video run and --config.model.reward_init at a reward run (reward_tiny)
 with the same model.net; both random by default (tests). See avatarjax/train/objectives/alignment.py.
 
-The agent's video stream is off in rollouts (rollout_video=False): PPO optimises the audio codes only, and a
-briefly trained generator's free-running video samples diverge (std ~5e3 against ~1 for real stand-in tokens after
-40 streamed frames), which puts the reward model off its training distribution."""
+The agent's video stream is off in rollouts (rollout_video=False): PPO optimises the audio codes only (the
+video's likelihood is intractable). Free-running video samples used to diverge (std ~2e4 against ~1 for real
+stand-in tokens): the first respaced diffusion step divides the eps error by sqrt(abar_999) = 5e-5; the head now
+clips x0 (model.net.head.x0_clip, default 4), so rollout_video=True keeps the tokens bounded. For the measured
+experiment (an initial policy that leaves the reward room to improve) see ppo_small.py."""
 
 import ml_collections
 

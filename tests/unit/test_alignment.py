@@ -21,7 +21,8 @@ CONFIGS = REPO / "configs" / "speechvideo"
 SMALL = ["--config.model.net.num_codebooks=3", "--config.model.net.codebook_size=16",
          "--config.model.net.backbone.dim=16", "--config.model.net.backbone.mlp_dim=32",
          "--config.model.net.head.width=16", "--config.data.session_frames=60", "--config.data.frames=12",
-         "--config.log.progress=false", "--config.log.tensorboard=false", "--config.checkpoint.every=1000"]
+         "--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false",
+         "--config.checkpoint.every=1000"]
 
 
 def small_config(name: str, *overrides: str):
@@ -176,6 +177,12 @@ def test_ppo_updates_policy_only_and_reuses_rollouts(tmp_path):
     assert abs(float(m1["kl"])) < 1e-3  # policy == reference at the first rollout
     assert 0 <= buffer1["agent_codes"].min() and buffer1["agent_codes"].max() < cfg.model.net.codebook_size
     assert np.isfinite(buffer1["score"]).all() and np.abs(buffer1["advantages"].mean()) < 1e-4  # whitened
+    # the held-out measurement (`avatarjax eval`): policy vs reference rollouts, KL, the silent agent's score
+    out = A.held_out_rewards(model, cfg, batches=1)
+    assert out["prompts"] == 2 and np.isfinite([out[k] for k in ("score_policy", "score_reference", "score_silent",
+                                                                  "kl")]).all()
+    assert out["score_gain"] == pytest.approx(out["score_policy"] - out["score_reference"])
+    assert 0 <= out["silent_codes_policy"] <= 1
 
 
 def test_lm_kto_gradient_sign():
@@ -227,3 +234,6 @@ def test_rollout_log_probs_match_the_streaming_sampler(video):
     stream_logp = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), sampled[..., None], -1)[..., 0]
     np.testing.assert_allclose(logp, np.sum(stream_logp * valid, axis=-1), atol=2e-4)
     assert np.asarray(codes)[:, n - 1, 1:].max() == 0  # never sampled within the rollout
+    # the random-init head predicts eps = 0 (x0 = x / sqrt(abar_999) ~ 2e4 x): the clipped x0 keeps the fed-back
+    # video tokens bounded
+    assert np.abs(np.asarray(video_tokens)).max() <= net.head.x0_clip + 1e-5

@@ -152,6 +152,45 @@ def test_diffusion_head_loss_and_sampler(model):
     np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-4)
     cold = S.sample_video_tokens(head, schedule, cond[:6], key, token_dim=D, num_steps=5, temperature=0.0)
     assert not np.allclose(cold, out)
+    # clipped x0 (eps recomputed from it): the shared sampler's clip, and the result within the clip
+    clipped = S.sample_video_tokens(head, schedule, cond[:6], key, token_dim=D, num_steps=5, temperature=1.0,
+                                    x0_clip=0.5)
+    ref = ddim_sample(lambda xt, t: x0_from_eps(schedule, xt, t, head(xt, t, c)), schedule,
+                      jax.random.normal(noise_key, (6, D)), step_key, num_steps=5, eta=1.0, clip=0.5)
+    np.testing.assert_allclose(clipped, ref, atol=1e-4, rtol=1e-4)
+    assert np.abs(clipped).max() <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("x0_clip", [4.0, 0.0])
+def test_free_running_video_tokens_stay_bounded(x0_clip):
+    """A random-init model (zero-init diffusion output: eps = 0) streamed for 50 frames with its own video fed
+    back: the first respaced step divides by sqrt(abar_999) = 5e-5, so unclipped tokens reach ~1e4; with the
+    default x0 clip every token stays within it and the audio logits stay finite."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, head=dataclasses.replace(CFG.head, x0_clip=x0_clip))
+    with nnx.use_eager_sharding(False):
+        lm = S.SpeechVideoLM(cfg, rngs=nnx.Rngs(1))
+    b, n = 2, 50
+    r = np.random.default_rng(0)
+    codes = jnp.asarray(r.integers(0, V, (n, b, Q)), jnp.int32)
+    video = jnp.asarray(r.standard_normal((n, b, K, D)), jnp.float32)
+
+    @jax.jit
+    def run(codes, video):
+        def step(state, x):
+            out, state = S.stream_step(lm, state, S.StreamControls.empty(cfg, b), x[0], x[1], x[2], video_steps=4)
+            return state, (out.video, out.audio_logits)
+
+        return jax.lax.scan(step, S.init_stream(cfg, b, n), (codes, video, jax.random.split(jax.random.key(0), n)))[1]
+
+    tokens, logits = map(np.asarray, run(codes, video))
+    assert tokens.shape == (n, b, K, D)
+    if x0_clip:
+        assert np.abs(tokens).max() <= x0_clip + 1e-5 and np.isfinite(logits).all()
+        assert tokens[-10:].std() > 0.1  # still sampled, not collapsed
+    else:
+        assert np.abs(tokens).max() > 1e3  # the failure the clip prevents
 
 
 def test_missing_modalities_use_empty_tokens(model):
@@ -222,7 +261,7 @@ def test_trainer_smoke_three_steps(tmp_path):
     from avatarjax.train.loop import Trainer
     from avatarjax.train.objectives.speech_video import SPEECH_VIDEO_TASK
 
-    cfg = load_config(TINY, ["--config.log.progress=false", "--config.log.tensorboard=false",
+    cfg = load_config(TINY, ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false",
                              "--config.train.steps=3", "--config.log.every=1", "--config.checkpoint.every=3"])
     batch = next(iter(SPEECH_VIDEO_TASK.dataset(cfg, "train")))
     example = SPEECH_VIDEO_TASK.example_batch(cfg, cfg.train.batch_size)

@@ -50,8 +50,18 @@ trainer's optimizer, NaN guard, logging, checkpointing and resume unchanged, and
 ``train.grad_accum`` must be 1 (micro-batches would split the rollout). The policy, its value head, the frozen
 reference (``kto.freeze`` of the initial policy) and the frozen reward model are one nnx module tree, sharded by
 the trainer on one mesh; only the policy and value head hold ``nnx.Param`` variables, so only they are updated.
+Sampled agent video stays bounded in rollouts because the diffusion head clips each x0 prediction
+(``net.head.x0_clip``; unclipped, the few-step sampler's first step from t = 999 amplified eps errors ~2e4 x and
+fed-back tokens of size ~1e4 derailed the stream).
+
+What PPO can improve: a generator trained on the dyadic sessions already listens (silent codes while the human
+talks), the preferred behaviour, so its rollouts score at the reward model's ceiling; one that always talks
+scores on the reward's flat floor, where no rollout beats another. The measured run
+(``configs/speechvideo/ppo_small.py``) starts from a higher-entropy generator (two-role training stopped early).
 ``avatarjax eval`` (``evaluate_ppo``) streams held-out prompts through the policy and through the reference
-(the initial policy) and reports both mean rewards, the KL and the share of silent agent codes (code 0).
+(the initial policy) and reports both mean rewards, the KL, the share of silent agent codes (code 0) and
+``score_silent``, the reward of the preferred behaviour on the same prompts (the reference's rollout with all
+agent codes 0): the room PPO has is ``score_silent - score_reference``.
 The value head reads the policy's decoder states; with ``ppo.detach_value`` (default) through ``stop_gradient``,
 so the value loss trains the head only: on a shared trunk its early errors (values start at 0, returns at the
 reward model's scale) were seen to swamp the policy gradient and drive the policy's entropy and KL up. A separate
@@ -752,23 +762,26 @@ def held_out_rewards(system: PPOSystem, cfg, *, batches: int = 0, seed: int = 0)
         ref_logp, _, _ = token_log_probs(m.reference, batch)
         ref_batch, ref_score = sample_and_score(m.reference, m.reward, prompts, k2, frames, ppo)
         silent = lambda b: jnp.mean((b["agent_codes"][:, :frames] == 0).astype(jnp.float32), axis=(1, 2))  # noqa
-        return score, ref_score, jnp.sum(logp - ref_logp, axis=1), silent(batch), silent(ref_batch)
+        # the preferred behaviour's score on the same prompts: the reference's rollout with its audio silenced
+        quiet = {k: v[:, :frames] for k, v in ref_batch.items()}
+        quiet_score = m.reward({**quiet, "agent_codes": jnp.zeros_like(quiet["agent_codes"])})
+        return (score, ref_score, jnp.sum(logp - ref_logp, axis=1), silent(batch), silent(ref_batch),
+                quiet_score)
 
-    scores, ref_scores, kls, silence, ref_silence = [], [], [], [], []
+    outs = [[] for _ in range(6)]
     key = jax.random.key(seed)
     for i, prompts in enumerate(prompt_dataset(cfg, "eval")):
         if batches and i >= batches:
             break
-        for out, v in zip((scores, ref_scores, kls, silence, ref_silence),
-                          measure(state, jax.tree.map(jnp.asarray, prompts), jax.random.fold_in(key, i))):
+        for out, v in zip(outs, measure(state, jax.tree.map(jnp.asarray, prompts), jax.random.fold_in(key, i))):
             out.append(np.asarray(v))
-    scores, ref_scores, kls, silence, ref_silence = map(np.concatenate, (scores, ref_scores, kls, silence,
-                                                                          ref_silence))
+    scores, ref_scores, kls, silence, ref_silence, quiet_scores = map(np.concatenate, outs)
     q = cfg.model.net.num_codebooks
     codes_per_rollout = sum(min(i + 1, q) for i in range(frames + q - 1))  # sampled codes (delay pattern)
     return {"prompts": int(scores.size), "score_policy": float(scores.mean()),
             "score_reference": float(ref_scores.mean()), "score_gain": float(scores.mean() - ref_scores.mean()),
             "score_gain_stderr": float(np.sqrt((scores.var() + ref_scores.var()) / scores.size)),
+            "score_silent": float(quiet_scores.mean()),
             "kl": float(kls.mean()), "kl_per_code": float(kls.mean() / codes_per_rollout),
             "silent_codes_policy": float(silence.mean()), "silent_codes_reference": float(ref_silence.mean())}
 
