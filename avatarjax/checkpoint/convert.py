@@ -103,8 +103,10 @@ def read_safetensors(hf_dir: str | Path, converter: Converter | None = None) -> 
             if (hf_dir / "pytorch_model.bin").exists() else ""
         expected = _expected(converter) if converter else f"{stem}.safetensors"
         raise CheckpointError(f"no safetensors weights in '{hf_dir}': it must hold {expected}.{hint}")
+    from tqdm.auto import tqdm
+
     tensors: dict[str, np.ndarray] = {}
-    for f in files:
+    for f in tqdm(files, desc="read shards", unit="file", disable=None if len(files) > 1 else True):
         try:
             loaded = _load_safetensors_any_dtype(f, load_file)
         except Exception as err:

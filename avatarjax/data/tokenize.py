@@ -101,9 +101,11 @@ def tokenize_record(record: dict, encode_video: VideoEncoder, frame_size: int,
 
 
 def tokenize_split(records: Iterable[dict], path: str | Path, encode_video: VideoEncoder, frame_size: int,
-                   encode_audio: AudioEncoder | None = None, dtype=np.float32) -> int:
-    """Write the token records of ``records`` to the ArrayRecord file ``path``; returns how many."""
+                   encode_audio: AudioEncoder | None = None, dtype=np.float32, total: int | None = None) -> int:
+    """Write the token records of ``records`` to the ArrayRecord file ``path``; returns how many. ``total`` sizes
+    the progress bar (shown on a terminal only)."""
     from array_record.python.array_record_module import ArrayRecordWriter
+    from tqdm.auto import tqdm
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ def tokenize_split(records: Iterable[dict], path: str | Path, encode_video: Vide
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     count = 0
     try:
-        for record in records:
+        for record in tqdm(records, total=total, desc=f"tokenize {path.stem}", unit="clip", disable=None):
             writer.write(serialize(tokenize_record(record, encode_video, frame_size, encode_audio, dtype)))
             count += 1
     finally:
@@ -229,7 +231,7 @@ def tokenize_command(argv: list[str]) -> dict:
         src = synthface_source(world, split)
         n = len(src) if ns.clips <= 0 else min(ns.clips, len(src))
         counts[split] = tokenize_split((src[i] for i in range(n)), record_path(out, split), encode_video,
-                                       cfg.model.frame_size, encode_audio, np.dtype(ns.dtype))
+                                       cfg.model.frame_size, encode_audio, np.dtype(ns.dtype), total=n)
     meta = {"video_tokenizer": str(Path(ns.checkpoint).absolute()), "tokenizer_config": dataclasses.asdict(cfg.model),
             "world": dataclasses.asdict(world),
             "latent_shape_per_frame": [cfg.model.num_latent_tokens, cfg.model.latent_dim],

@@ -90,7 +90,9 @@ def evaluate(*, library: P.PrototypeLibrary | None = None, categories=TPL.EVAL_C
     store = {v: {"pred": [], "true": [], "temp": [], "lmd": [], "viol": {r: 0 for r in CR.RULES}, "cat": []}
              for v in variants}
     rounds = []
-    for cat in categories:
+    from tqdm.auto import tqdm
+
+    for cat in tqdm(categories, desc="stage 1 eval", unit="category", disable=None):
         target = [C.INDEX[a] for a in TPL.target_aus(cat)]
         for i in range(clips_per_category):
             basis = KP.synthface_basis(idents[i])
