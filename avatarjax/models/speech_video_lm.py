@@ -698,10 +698,9 @@ class DuplexSession:
         self.batch, self.max_frames = batch, max_frames
         self.graphdef, self.params = nnx.split(model)
         self.controls = controls or StreamControls.empty(self.cfg, batch)
-        self.state = init_stream(self.cfg, batch, max_frames, cache_dtype or model.dtype)
-        self.key = jax.random.key(seed)
+        self.cache_dtype = cache_dtype or model.dtype
         self.traces = 0
-        self.frames = 0
+        self.reset(seed)
         sampling = dict(top_k=top_k, greedy=greedy, video_steps=video_steps)
 
         def step(params, state, controls, codes, video, key, temperature, video_temperature):
@@ -713,6 +712,14 @@ class DuplexSession:
         self._temperature = jnp.float32(temperature)
         self._video_temperature = jnp.float32(self.cfg.head.temperature if video_temperature is None
                                               else video_temperature)
+
+    def reset(self, seed: int = 0) -> None:
+        """Start a new dialogue: an empty KV cache and frame 0 (no recompilation)."""
+        # committed to a device like the step's outputs, else the second frame would compile the step again
+        self.state = jax.device_put(init_stream(self.cfg, self.batch, self.max_frames, self.cache_dtype),
+                                    jax.devices()[0])
+        self.key = jax.random.key(seed)
+        self.frames = 0
 
     def set_controls(self, **changes: Any) -> None:
         """Replace fields of the ``StreamControls`` (same shapes), e.g. ``text=..., text_mask=...``."""

@@ -22,4 +22,5 @@ def get_config():
     c.checkpoint = dict(every=500, keep=3)
     c.log = dict(every=20)
     c.sample = dict(frames=100, sessions=2)
+    c.weights = "outputs/speechvideo"  # `avatarjax sample --config configs/speechvideo/synthface_small.py ...`
     return c

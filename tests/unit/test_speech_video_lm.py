@@ -121,6 +121,9 @@ def test_duplex_session_free_running_reverts_delays(model):
     with pytest.raises(Exception, match="full"):
         session.step(np.zeros((1, Q)), np.zeros((1, K, D)))
         session.step(np.zeros((1, Q)), np.zeros((1, K, D)))
+    session.reset(1)  # a new dialogue reuses the one compiled step (the fresh state is committed like its outputs)
+    list(session.stream((rng.integers(0, V, (1, Q)), rng.standard_normal((1, K, D))) for _ in range(2)))
+    assert session._step._cache_size() == 1 and session.frames == 2
 
 
 def test_diffusion_head_loss_and_sampler(model):

@@ -1,5 +1,10 @@
 """Body of Her speech-video LM training (task ``speech_video``): stage 1 audio NLL, stage 2 NLL + diffusion loss.
 
+Real tokens: with ``data.tokens`` (an ``avatarjax data tokenize synthface_tokens`` directory) plus ``data.dac`` and
+``data.video_tokenizer`` (the codecs that made it) the rows come from the token records instead of the stand-ins
+below (``pipelines.duplex_agent.record_dataset``); ``sample`` with ``--human-audio`` and ``evaluate``
+(turn-taking) run the duplex agent (``pipelines.duplex_agent``).
+
 Data (a stand-in until the real tokenizers are wired): synthface dyadic sessions
 (``data.synthface.dyadic.generate_session``, one speaker clip and one listener reaction) turned into per-frame
 "tokens" at 25 fps:
@@ -84,6 +89,11 @@ class SpeechVideoDataConfig:
     text_prob: float = 0.5
     text_encoder: str = ""  # "" (no text) | "minilm" | "clip:DIR" (pooled dim must equal model.net.text_dim)
     code_range: tuple[float, float] = (-5.0, 4.0)  # log10 band power range mapped onto the codebook
+    # real tokens instead of the stand-ins (avatarjax.pipelines.duplex_agent): an `avatarjax data tokenize
+    # synthface_tokens` directory, and the DAC and video tokenizer (workdirs / exports) that made it
+    tokens: str = ""
+    dac: str = ""
+    video_tokenizer: str = ""
     threads: int = 2
     prefetch: int = 4
 
@@ -175,6 +185,10 @@ def check_config(cfg) -> None:
     lo, hi = data.code_range
     if not lo < hi:
         raise ConfigError(f"data.code_range={data.code_range} must be (low, high) with low < high")
+    if data.tokens or data.dac or data.video_tokenizer:
+        from avatarjax.pipelines.duplex_agent import check_real_tokens
+
+        check_real_tokens(cfg)
 
 
 def identity_pool(num_identities: int, split: str) -> np.ndarray:
@@ -299,6 +313,10 @@ def make_row(sessions: DialogueSessions, first: int, rng: np.random.Generator, c
 def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1):
     """Batches of packed rows (train: shuffled, repeated; eval: one pass, the same every time)."""
     check_config(cfg)
+    if cfg.data.tokens:  # real DAC codes and video-tokenizer latents from token records
+        from avatarjax.pipelines.duplex_agent import record_dataset
+
+        return record_dataset(cfg, split, process_index, process_count)
     sessions = DialogueSessions(cfg, "train" if split == "train" else "eval")
     train = split == "train"
     ds = pipeline.batched(sessions, batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=train,
@@ -343,7 +361,14 @@ def flops_per_example(cfg) -> float:
 def sample(model: SpeechVideoSystem, cfg, out_dir, args: list[str], checkpoint=None) -> dict:
     """``avatarjax sample ... [--frames N] [--sessions N]``: stream eval sessions' human side (the session's
     speaker) through a ``DuplexSession`` and write the agent's codes and video tokens (``agent_*.npy``), with the
-    per-frame latency and real-time factor (25 fps) after the first (compiling) frame."""
+    per-frame latency and real-time factor (25 fps) after the first (compiling) frame.
+
+    With ``--human-audio WAV [--human-video MP4] [--prompt TEXT]`` (and always for an LM trained on real tokens)
+    the duplex agent answers a recorded human instead (``pipelines.duplex_agent.sample_cli``)."""
+    if cfg.data.tokens or any(a.startswith("--human-audio") for a in args):
+        from avatarjax.pipelines.duplex_agent import sample_cli
+
+        return sample_cli(model, cfg, out_dir, args, checkpoint)
     sc = cfg.sample
     p = argparse.ArgumentParser(prog="avatarjax sample (speech_video)")
     p.add_argument("--frames", type=int, default=sc.frames)
@@ -376,6 +401,20 @@ def sample(model: SpeechVideoSystem, cfg, out_dir, args: list[str], checkpoint=N
             "device": jax.devices()[0].device_kind}
 
 
+def evaluate(model: SpeechVideoSystem, cfg, args: list[str], checkpoint=None) -> dict:
+    """``avatarjax eval``: turn-taking on held-out dyadic sessions (``pipelines.duplex_agent``); with
+    ``-- --context-ablation`` the teacher-forced agent audio accuracy / NLL and video loss with the full context vs
+    the human side and the conditioning removed (``eval.speech_video_context``)."""
+    if "--context-ablation" in args:
+        from avatarjax.eval.speech_video_context import evaluate_context
+
+        return evaluate_context(model, cfg, args, checkpoint)
+    from avatarjax.pipelines.duplex_agent import evaluate_turn_taking
+
+    return evaluate_turn_taking(model, cfg, args, checkpoint)
+
+
 SPEECH_VIDEO_TASK = Task(name="speech_video", model_config=SpeechVideoTaskConfig, data_config=SpeechVideoDataConfig,
                          build_model=build_model, loss=loss, dataset=dataset, flops_per_example=flops_per_example,
-                         example_batch=example_batch, sample_config=SpeechVideoSampleConfig, sample=sample)
+                         example_batch=example_batch, sample_config=SpeechVideoSampleConfig, sample=sample,
+                         evaluate=evaluate)
