@@ -170,16 +170,9 @@ def _target_aus(truth: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(np.ptp(au, axis=0) > 0.1)]
 
 
-def evaluate(pipe: CogPortraitPipeline, reader, *, clips: int = 8, settings: tuple[str, ...] = ("dynamic", "static"),
-             seed: int = 0, split: str = "eval") -> dict:
-    """Scores per guidance setting and for the VAE reconstruction on ``clips`` held-out synthface windows."""
-    data = pipe.cfg.data
-    window, size = data.synthface.window, pipe.frame_size
-    src = ProceduralSource(data.synthface.world(), split)
-    count = task.keypoint_count(pipe.cfg)
+def _random_windows(src, clips: int, window: int, seed: int):
+    """(record, start) of the first ``clips`` clips long enough for ``window``, at random starts."""
     rng = np.random.default_rng(seed)
-    results: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    trues, true_kps, targets, wall = [], [], [], defaultdict(float)
     used = 0
     for i in range(len(src)):
         if used >= clips:
@@ -188,7 +181,21 @@ def evaluate(pipe: CogPortraitPipeline, reader, *, clips: int = 8, settings: tup
         if len(record["state"]) < window:
             continue
         used += 1
-        start = int(rng.integers(0, len(record["state"]) - window + 1))
+        yield record, int(rng.integers(0, len(record["state"]) - window + 1))
+
+
+def evaluate(pipe: CogPortraitPipeline, reader, *, clips: int = 8, settings: tuple[str, ...] = ("dynamic", "static"),
+             seed: int = 0, split: str = "eval", windows=None) -> dict:
+    """Scores per guidance setting and for the VAE reconstruction on ``clips`` held-out synthface windows, or on
+    ``windows`` (an iterable of (record, start frame) pairs, e.g. a boundary-case subset) when given."""
+    data = pipe.cfg.data
+    window, size = data.synthface.window, pipe.frame_size
+    count = task.keypoint_count(pipe.cfg)
+    if windows is None:
+        windows = _random_windows(ProceduralSource(data.synthface.world(), split), clips, window, seed)
+    results: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    trues, true_kps, targets, wall = [], [], [], defaultdict(float)
+    for record, start in windows:
         all_kps, state = task.window_truth(record, start, window, schema.NUM_KEYPOINTS)
         kps = all_kps[:, :count]
         video, _ = task.render_truth(record, kps, state, size)
