@@ -143,6 +143,7 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("--batches", type=int, default=None)
     p.add_argument("--loss", action="store_true", help="report the loss on eval batches")
     p.add_argument("--plot", default=None, help="also write the report as a table PNG here (e.g. report.png)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="the raw parameters, not the EMA")
     if _wants_help(args, p, "task options after -- go to the task's evaluation (e.g. --reader, --clips)"):
         return 0
     ns, task_args = p.parse_known_args(args)
@@ -155,7 +156,7 @@ def cmd_eval(argv: list[str]) -> int:
         from avatarjax.train.export import load_model
 
         cfg = None if ns.config is None else _load(ns, overrides)
-        model, cfg = load_model(ns.workdir, overrides=overrides, cfg=cfg)
+        model, cfg = load_model(ns.workdir, overrides=overrides, cfg=cfg, use_ema=ns.ema)
         report = task.evaluate(model, cfg, [a for a in task_args if a != "--"], Path(ns.workdir))
         _plot_report(report, ns.plot)
         _print(report)
@@ -196,6 +197,7 @@ def cmd_sample(argv: list[str]) -> int:
                         "weights)")
     p.add_argument("--config", default=None, help="config file (default: the one saved with the checkpoint)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="the raw parameters, not the EMA")
     p.add_argument("--out", default=None, help="output file or directory (default: CHECKPOINT/samples)")
     if _wants_help(args, p, "task options after -- go to the task's sampler (e.g. --portrait, --label)"):
         return 0
@@ -206,7 +208,7 @@ def cmd_sample(argv: list[str]) -> int:
 
     cfg = None if ns.config is None else _load(argparse.Namespace(config=ns.config, workdir=None), overrides)
     ns.checkpoint = _configured_checkpoint(ns.checkpoint, cfg, ns.config)
-    model, cfg = load_model(ns.checkpoint, step=ns.step, overrides=overrides, cfg=cfg)
+    model, cfg = load_model(ns.checkpoint, step=ns.step, overrides=overrides, cfg=cfg, use_ema=ns.ema)
     sample = getattr(TASKS.get(cfg.task), "sample", None)
     if sample is None:
         raise AvatarError(f"task '{cfg.task}' has no sampler")

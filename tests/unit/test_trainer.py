@@ -111,6 +111,16 @@ def test_workdir_contract_and_ema(tmp_path):
     assert any(not np.array_equal(np.asarray(e), np.asarray(p)) for e, p in zip(ema, params))
 
 
+def test_ema_decay_warms_up_so_short_runs_forget_the_initialisation():
+    from avatarjax.train.step import ema_warmup_decay
+
+    decays = np.asarray([float(ema_warmup_decay(0.999, s)) for s in (0, 10, 1126, 100_000)])
+    np.testing.assert_allclose(decays, [0.1, 11 / 20, 1127 / 1136, 0.999], rtol=1e-6)
+    # what remains of the initial weights after 1126 updates: ~0 with the warm-up, 32% with a constant 0.999
+    remaining = np.prod([float(ema_warmup_decay(0.999, s)) for s in range(1126)])
+    assert remaining < 1e-6 and 0.999 ** 1126 > 0.3
+
+
 def test_bf16_compute_keeps_fp32_params(tmp_path):
     trainer = _trainer(tmp_path / "w", "--config.train.steps=2", "--config.train.compute_dtype=bfloat16")
     result = trainer.run()
