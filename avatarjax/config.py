@@ -299,6 +299,14 @@ def _load_file(path: str | Path) -> dict[str, Any]:
     return _to_plain(module.get_config())
 
 
+def sibling_config(this_file: str | Path, name: str):
+    """The ``ConfigDict`` of the config file ``name`` beside ``this_file``, for a config that is another plus a few
+    changes: ``c = sibling_config(__file__, "synthface_tiny.py"); c.task = "ppo"; ...``."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(_load_file(Path(this_file).parent / name))
+
+
 def _schema_paths(cls: type, prefix: str, schema: dict[str, type] | None = None) -> dict[str, Any]:
     """Every valid dotted key of a dataclass schema -> its annotation."""
     hints = _section_types(cls)

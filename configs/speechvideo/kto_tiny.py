@@ -5,16 +5,15 @@ overlap-rejected ones undesirable (no_nod pairs differ in video only, whose like
 
 import ml_collections
 
+from avatarjax.config import sibling_config
+
 
 def get_config():
     c = ml_collections.ConfigDict()
     c.task = "lm_kto"
     c.seed = 0
     c.model = dict(
-        net=dict(backbone=dict(vocab_size=1, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
-                               tie_embeddings=True),
-                 num_codebooks=9, codebook_size=64, video_tokens=2, video_dim=8, text_dim=384, motion_dim=6,
-                 num_identities=24, head=dict(width=32, depth=2, sample_steps=10, temperature=0.95)),
+        net=sibling_config(__file__, "synthface_tiny.py").model.net.to_dict(),  # the same tiny LM
         init_from="", kto=dict(beta=0.1, lambda_d=1.0, lambda_u=1.0, mismatched_kl=True))
     c.data = dict(num_sessions=48, num_eval_sessions=16, num_pairs=384, num_eval_pairs=64, session_frames=100,
                   num_identities=24, frames=32, no_nod_prob=0.0, threads=1, prefetch=2)

@@ -38,28 +38,14 @@ codes 0.64 -> 0.78, KL to the initial policy 43 nats per rollout (0.13 per sampl
 0.01); the training-batch score rose from about -1 to 6 over the 120 steps (30 rollout batches).
 """
 
-import ml_collections
+from avatarjax.config import sibling_config
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.task = "ppo"
-    c.seed = 0
-    c.model = dict(
-        net=dict(backbone=dict(vocab_size=1, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
-                               tie_embeddings=True),
-                 num_codebooks=9, codebook_size=64, video_tokens=2, video_dim=8, text_dim=384, motion_dim=6,
-                 num_identities=24, head=dict(width=32, depth=2, sample_steps=10, temperature=0.95)),
-        policy_init="", reward_init="",
-        ppo=dict(beta=0.01, gamma=1.0, lam=0.95, clip=0.2, clip_value=0.2, vf_coef=0.1, epochs=4,
-                 whiten_advantages=True, video_steps=4, video_temperature=0.95, rollout_video=False,
-                 detach_value=True))
-    c.data = dict(num_sessions=48, num_eval_sessions=16, num_pairs=384, num_eval_pairs=64, session_frames=100,
-                  num_identities=24, frames=32, threads=1, prefetch=2)
-    c.train = dict(steps=120, batch_size=16, compute_dtype="float32")
-    c.optim = dict(name="adam", lr=1e-3, schedule="constant", grad_clip=1.0)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, sequence=1, rules="fsdp_tp")
+    c = sibling_config(__file__, "ppo_tiny.py")  # the same tiny policy / value / reward networks
+    c.model.ppo.video_steps = 4
+    c.train.steps = 120
+    c.optim.lr = 1e-3
     c.checkpoint = dict(every=120, keep=1)
-    c.log = dict(every=4, progress=False)
-    c.sample = dict(batches=0, seed=0)
+    c.log.progress = False
     return c

@@ -11,16 +11,15 @@ experiment (an initial policy that leaves the reward room to improve) see ppo_sm
 
 import ml_collections
 
+from avatarjax.config import sibling_config
+
 
 def get_config():
     c = ml_collections.ConfigDict()
     c.task = "ppo"
     c.seed = 0
     c.model = dict(
-        net=dict(backbone=dict(vocab_size=1, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
-                               tie_embeddings=True),
-                 num_codebooks=9, codebook_size=64, video_tokens=2, video_dim=8, text_dim=384, motion_dim=6,
-                 num_identities=24, head=dict(width=32, depth=2, sample_steps=10, temperature=0.95)),
+        net=sibling_config(__file__, "synthface_tiny.py").model.net.to_dict(),  # the same tiny LM
         policy_init="", reward_init="",
         ppo=dict(beta=0.01, gamma=1.0, lam=0.95, clip=0.2, clip_value=0.2, vf_coef=0.1, epochs=4,
                  whiten_advantages=True, video_steps=1, video_temperature=0.95, rollout_video=False,
