@@ -6,8 +6,16 @@
 Edit the cells here, never the .ipynb files. ``tests/e2e/test_notebooks.py`` executes each notebook top to bottom
 and checks that the committed files are what this script writes.
 
+The notebooks (each runs top to bottom on tiny configs on a CPU):
+
+    01_instructavatar_sampling      InstructAvatar: portrait + speech + instruction -> video, from a checkpoint
+    02_cogportrait_label_to_video   CogPortrait: label -> plan -> keypoints plot -> video (untrained Stage 2)
+    03_duplex_agent_streaming       Body of Her duplex agent streaming a synthetic dialogue: talking flag, latency
+    04_posnet_seams                 PFLPosNet: seams of an online reaction generator before / after
+    05_profiling_sharded_step       a sharded training step on 8 fake CPU devices: shardings, MFU, memory
+
 Every notebook writes to ``$AVATARJAX_OUTPUTS/notebooks/<notebook name>/`` (default: the checkout's
-``outputs/``). Notebooks 02 (CogPortrait) and 03 (the duplex agent) come with their systems.
+``outputs/``).
 """
 
 from __future__ import annotations
@@ -345,6 +353,285 @@ avatarjax sample --checkpoint outputs/cogportrait --out outputs/cogportrait/drow
 """),
 ]
 
+# ---------------------------------------------------------------------------------------------- 03 duplex agent
+NB03 = [
+    md("""
+# 03 · The Body of Her duplex agent, streaming a short dialogue
+
+`DuplexAgent(...).stream(human_audio_chunks, human_video_frames)` is a generator: for every 40 ms frame of the
+human it yields one frame of the agent (its audio codes, video tokens, a talking flag and the time the frame took).
+Frame `i` of the agent depends on the human's frames `< i` only, and every jitted function compiles once, before
+the first frame.
+
+Two agents, both tiny, both made here (about a minute and a half on a busy 2-core CPU):
+
+1. **Stand-in tokens, trained 250 steps** (`configs/speechvideo/synthface_tiny.py`, about a minute): the LM reads
+   quantised mel-band powers instead of DAC codes and projected face states instead of video-tokenizer latents.
+   Its audio and video cannot be decoded to sound or pixels; we plot its code track and talking flag. Trained on
+   8 synthface dialogues for a minute, it is a toy: its turn-taking is measured below on 2 held-out sessions,
+   not claimed.
+2. **Real tokens, random weights** (`configs/speechvideo/duplex_tiny.py` with a random-init DAC and video
+   tokenizer): the full per-frame path (DAC encode, video encode, LM step, DAC decode, video decode) with an
+   inline video. **Untrained: its video is noise and its behaviour means nothing**; it is here for the path and
+   its latency.
+"""),
+    setup("03_duplex_agent_streaming", "import base64\nimport json\nimport shutil\n\nimport matplotlib.pyplot as plt\n"
+                                       "import numpy as np\nfrom IPython.display import HTML, display"),
+    md("""
+## The dialogue
+
+A held-out synthface dyadic session (identities of the eval split, which training never sees), 4 seconds: the
+human speaks, pauses, speaks. The human's speech activity per frame is its audio level above
+`duplex_agent.REAL_TALK_DB` (-40 dBFS), the threshold the agent's evaluation uses.
+"""),
+    code("""
+from avatarjax.data.synthface import audio as synth_audio, schema
+from avatarjax.data.synthface.dyadic import generate_session
+from avatarjax.pipelines import duplex_agent as da
+from avatarjax.train.objectives.speech_video import identity_pool
+
+FRAMES, SPF = 100, schema.SAMPLES_PER_FRAME  # 4 s at 25 fps; 640 samples of 16 kHz audio per frame
+human_id, listener_id = (int(i) for i in identity_pool(24, "eval")[:2])
+session = generate_session(5, human_id, listener_id, FRAMES, num_reactions=1, split="eval")
+human_audio = session.speaker.audio[:FRAMES * SPF].reshape(FRAMES, SPF)  # the chunks the agent receives
+human_state = session.speaker.state[:FRAMES]  # [T, 24] face states: the stand-in agent's "video" of the human
+level_db = 20 * np.log10(np.maximum(synth_audio.frame_envelope(session.speaker.audio)[:FRAMES], 1e-6))
+human_speaks = level_db > da.REAL_TALK_DB
+t = np.arange(FRAMES) / schema.FPS
+print(f"human: identity {human_id} ({session.speaker.label}), {FRAMES / schema.FPS:.1f} s, speaking "
+      f"{human_speaks.mean():.0%} of frames; pauses:",
+      [(p["start_s"], p["end_s"]) for p in session.pauses])
+"""),
+    md("""
+## 1 · A stand-in-token LM, trained for 250 steps
+
+The same `Trainer` as `avatarjax train --config configs/speechvideo/synthface_tiny.py`. Per training window the
+agent is either the speaker (it talks, the human is silent) or the listener (it is silent while the human talks),
+so what it should learn is: be quiet while the human speaks, talk when the human is silent. A learning rate of
+3e-3 instead of 1e-3, so that this short run gets somewhere. About a minute, half of it compiling the step.
+"""),
+    code("""
+from avatarjax.config import load_config
+from avatarjax.train.export import load_model
+from avatarjax.train.loop import Trainer
+
+shutil.rmtree(OUT / "lm", ignore_errors=True)  # a rerun starts fresh (the trainer would resume a finished run)
+cfg = load_config(REPO / "configs/speechvideo/synthface_tiny.py",
+                  ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false",
+                   "--config.mesh.data=1", "--config.train.steps=250", "--config.optim.lr=3e-3",
+                   "--config.log.every=50", "--config.checkpoint.every=250"])
+Trainer(cfg, OUT / "lm").run()
+rows = [json.loads(line) for line in (OUT / "lm" / "metrics.jsonl").read_text().splitlines()]
+print("(step, loss):", [(r["step"], round(r["loss"], 3)) for r in rows if "loss" in r])
+lm, lm_cfg = load_model(OUT / "lm")
+net = lm_cfg.model.net
+print(f"{net.num_codebooks} stand-in codebooks of {net.codebook_size}, video tokens {net.video_tokens} x "
+      f"{net.video_dim}")
+"""),
+    md("""
+## Streaming, frame by frame
+
+The agent is built once (it compiles its LM step before the first frame) and `stream` is a plain generator: feed
+it chunks as they arrive. With `Q` codebooks in the delay pattern, the codes of frame `i` are complete `Q - 1`
+steps later, so each yielded frame carries the audio codes and talking flag of `audio_frame = index - (Q - 1)`.
+For contrast we also stream a *silent* human (zeros, the session's listener face).
+"""),
+    code("""
+agent = da.DuplexAgent((lm, lm_cfg), max_frames=FRAMES)
+print(f"compiled in {agent.warmup_s:.1f} s;", agent.notes[0])
+
+frames_out = []
+for item in agent.stream(human_audio, human_state):  # in a live system: one chunk per 40 ms from a microphone
+    frames_out.append(item)
+silent = list(agent.stream(np.zeros_like(human_audio), session.listeners[0].state[:FRAMES]))
+assert [f.index for f in frames_out] == list(range(FRAMES)) and agent.compilations == {"lm_step": 1}
+
+Q = agent.lm.num_codebooks
+item = frames_out[50]
+print(f"frame {item.index}: codes of frame {item.audio_frame} {item.codes}, talking {item.talking}, "
+      f"face state [24] (jaw_open {item.face_state[schema.INDEX['jaw_open']]:.2f}), "
+      f"{1000 * item.latency_s:.1f} ms")
+
+
+def talking_track(items):
+    \"\"\"The agent's talking flag per frame of its own audio (NaN where codes are not complete yet).\"\"\"
+    track = np.full(FRAMES, np.nan)
+    for it in items:
+        if it.talking is not None:
+            track[it.audio_frame] = float(it.talking)
+    return track
+
+
+agent_talks, agent_talks_silent = talking_track(frames_out), talking_track(silent)
+scored = ~np.isnan(agent_talks)
+print(f"while the human speaks the agent talks in {np.nanmean(agent_talks[human_speaks & scored]):.0%} of frames; "
+      f"in the human's silent frames in {np.nanmean(agent_talks[~human_speaks & scored]):.0%}; "
+      f"with a silent human in {np.nanmean(agent_talks_silent):.0%}")
+"""),
+    code("""
+agent_codes = np.full((FRAMES, Q), np.nan)
+for it in frames_out:
+    if it.codes is not None:
+        agent_codes[it.audio_frame] = it.codes
+human_codes = np.stack([agent.tokenizers.encode_audio(chunk) for chunk in human_audio])  # what the LM read
+
+fig, axes = plt.subplots(4, 1, figsize=(11, 7.5), sharex=True, height_ratios=(2, 1, 1.4, 1.4))
+axes[0].plot(t, level_db, color="0.4", lw=1, label="human level (dBFS)")
+axes[0].axhline(da.REAL_TALK_DB, color="0.6", ls=":", lw=1)
+axes[0].fill_between(t, -100, 0, where=human_speaks, color="tab:blue", alpha=0.12, step="mid",
+                     label="human speaks")
+axes[0].set_ylim(-90, 0)
+axes[0].set_ylabel("dBFS")
+axes[0].legend(loc="lower left", fontsize=8)
+axes[0].set_title("the human (shaded: speech activity)")
+axes[1].step(t, agent_talks, where="mid", color="tab:red", label="agent talks (this dialogue)")
+axes[1].step(t, agent_talks_silent * 0.9 + 0.05, where="mid", color="tab:green", lw=1, alpha=0.7,
+             label="agent talks (silent human)")
+axes[1].set_yticks([0, 1], ["quiet", "talks"])
+axes[1].set_ylim(-0.15, 1.6)
+axes[1].legend(loc="upper left", fontsize=8, ncols=2)
+extent = (0, FRAMES / schema.FPS, Q - 0.5, -0.5)
+for ax, codes, title in ((axes[2], human_codes, "human's stand-in codes (the LM's input)"),
+                         (axes[3], agent_codes, "agent's code track (the LM's output)")):
+    ax.imshow(codes.T, aspect="auto", extent=extent, cmap="magma", vmin=0, vmax=net.codebook_size - 1,
+              interpolation="nearest")
+    ax.set_ylabel("band")
+    ax.set_title(title, fontsize=9)
+axes[3].set_xlabel("seconds")
+fig.tight_layout()
+fig.savefig(OUT / "turn_taking.png", dpi=100)
+plt.show()
+"""),
+    md("""
+What to look for: the red line should stay at *quiet* where the human speaks (shaded). In the training data the
+listener stays quiet through the speaker's pauses too, so a half-second pause is no cue to take the turn; a human
+who stays silent is (green line). The last `Q - 1` frames have no flag: their codes would complete after the
+dialogue ends. Black in the agent's code track is the lowest level, silence.
+"""),
+    md("""
+## Turn-taking on held-out sessions
+
+`avatarjax eval` for this task streams each held-out session twice: (A) the human is the session's speaker, (B)
+the human is silent. `quiet_while_human_speaks` (A) and `talks_when_human_silent` (B), beside the training data
+itself and an agent that ignores the human (score 0.5). Two sessions of 48 frames: a small sample, and a model
+trained for a minute: read the numbers as a check that the loop works, not as a result.
+"""),
+    code("""
+report = da.evaluate_turn_taking(lm, lm_cfg, ["--sessions", "2", "--frames", "48"], agent=agent)
+for name, row in report["turn_taking"].items():
+    print(f"{name:>10}: quiet while the human speaks {row['quiet_while_human_speaks']:.2f}, "
+          f"talks when the human is silent {row['talks_when_human_silent']:.2f}, score {row['score']:.2f}")
+"""),
+    md("""
+## 2 · The real-token path, random weights
+
+The LM of `configs/speechvideo/duplex_tiny.py` runs on the codes of a DAC (16 kHz, hop 640: one code frame per
+40 ms, 2 codebooks of 64) and the latents of a video tokenizer (32 px frames, 4 x 4 latents). Trained ones come from
+the three `avatarjax train` commands in that config's docstring (about 10 minutes on this CPU). Here all three
+models have **random weights** (N(0, 0.05), drawn with numpy, which is faster on a CPU than compiling each
+initialiser), so the stream exercises the real per-frame work and its latency, and the agent's face is noise.
+The human is now rendered pixels.
+"""),
+    code("""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from avatarjax.data.synthface.identity import sample_identity
+from avatarjax.data.synthface.render import render_frames
+from avatarjax.registry import TASKS
+
+
+def random_model(cfg, seed=0):
+    \"\"\"The model of ``cfg`` with N(0, 0.05) weights: UNTRAINED.\"\"\"
+    with nnx.use_eager_sharding(False):  # outside a mesh
+        abstract = nnx.eval_shape(lambda: TASKS.get(cfg.task).build_model(cfg, nnx.Rngs(seed)))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(seed)
+
+    def fill(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key(seed)
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.asarray(rng.normal(0.0, 0.05, x.shape), x.dtype)
+        return jnp.zeros(x.shape, x.dtype)
+
+    return nnx.merge(graphdef, jax.tree.map(fill, state))
+
+
+dac_cfg = load_config(REPO / "configs/dac/synthface_tiny.py",
+                      ["--config.model.encoder_rates=(8, 8, 10)", "--config.model.decoder_rates=(10, 8, 8)"])
+vt_cfg = load_config(REPO / "configs/video_tokenizer/synthface_tiny.py")
+real_cfg = load_config(REPO / "configs/speechvideo/duplex_tiny.py")
+real_agent = da.DuplexAgent((random_model(real_cfg), real_cfg), dac=random_model(dac_cfg),
+                            video_tokenizer=random_model(vt_cfg), max_frames=FRAMES)
+print(f"compiled in {real_agent.warmup_s:.1f} s: {real_agent.compilations}")
+
+human_frames = render_frames(sample_identity(human_id), human_state, size=real_agent.tokenizers.frame_size)
+real_out = list(real_agent.stream(human_audio, human_frames))
+assert real_out[0].video.shape == (32, 32, 3) and set(real_agent.compilations.values()) == {1}
+print(f"{len(real_out)} frames: agent video {real_out[0].video.shape}, audio {real_out[0].audio.shape} per frame")
+"""),
+    code("""
+from avatarjax import media
+
+# the agent's audio frame j arrives with item j + Q - 1: put it under video frame j (as `avatarjax sample` does)
+q_real = real_agent.lm.num_codebooks
+agent_audio = np.zeros(FRAMES * SPF, np.float32)
+for it in real_out:
+    if it.audio_frame >= 0:
+        agent_audio[it.audio_frame * SPF:(it.audio_frame + 1) * SPF] = it.audio
+side_by_side = np.concatenate([human_frames, np.stack([it.video for it in real_out])], axis=2)  # human | agent
+mix = np.clip(session.speaker.audio[:FRAMES * SPF] + agent_audio, -1, 1)
+video_path = media.write_video(OUT / "dialogue_random_agent.mp4", side_by_side, fps=schema.FPS, audio=mix,
+                               sample_rate=real_agent.sample_rate)
+data = base64.b64encode(video_path.read_bytes()).decode("ascii")
+print("left: the human (rendered synthface, its speech); right: the agent (RANDOM weights: noise); audio: both")
+display(HTML(f'<video width="384" controls loop><source src="data:video/mp4;base64,{data}" '
+             f'type="video/mp4"></video>'))
+"""),
+    md("""
+## Latency per frame
+
+The time from receiving the human's frame `i` to the agent's frame `i`: tokenizing the human's previous frame,
+one LM step, decoding. A live agent keeps up when this stays under 40 ms; the real-time factor is the total
+processing time over the media's duration (< 1 keeps up). The real-token agent does the codec work per frame, the
+stand-in agent almost none. On a 2-core CPU shared with other jobs, the spikes are other processes.
+"""),
+    code("""
+fig, ax = plt.subplots(figsize=(11, 3.5))
+latency = {}
+for name, items, color in (("stand-in tokens (trained 250 steps)", frames_out, "tab:blue"),
+                           ("real tokens, random DAC + video tokenizer", real_out, "tab:orange")):
+    ms = np.array([1000 * it.latency_s for it in items])
+    latency[name] = da.latency_report([it.latency_s for it in items], skip_first=False)
+    ax.plot(t, ms, color=color, lw=1.2, label=name)
+ax.axhline(1000 / schema.FPS, color="tab:red", ls="--", lw=1.2, label="40 ms: real time at 25 fps")
+ax.set_xlabel("seconds of dialogue")
+ax.set_ylabel("ms per frame")
+ax.set_ylim(0, None)
+ax.legend(fontsize=8)
+ax.set_title(f"per-frame latency on {jax.devices()[0].device_kind}")
+fig.tight_layout()
+fig.savefig(OUT / "latency.png", dpi=100)
+plt.show()
+for name, rep in latency.items():
+    print(f"{name}: median {rep['median_ms']:.1f} ms, p95 {rep['p95_ms']:.1f} ms, "
+          f"real-time factor {rep['real_time_factor']:.3f}")
+_ = (OUT / "latency.json").write_text(json.dumps(latency, indent=1))
+"""),
+    md("""
+## With trained models
+
+`configs/speechvideo/duplex_tiny.py` lists the commands that train a DAC, a video tokenizer and the LM on their
+tokens on this CPU; then the same agent from the command line, writing the agent's mp4 and a latency report:
+
+```
+avatarjax sample --config configs/speechvideo/duplex_tiny.py --human-audio H.wav --human-video H.mp4 --out A.mp4
+```
+"""),
+]
+
 # ------------------------------------------------------------------------------------------------------ 04 PosNet
 NB04 = [
     md("""
@@ -628,6 +915,7 @@ about a real accelerator; the memory split and the shardings are what carry over
 NOTEBOOKS = {
     "01_instructavatar_sampling.ipynb": NB01,
     "02_cogportrait_label_to_video.ipynb": NB02,
+    "03_duplex_agent_streaming.ipynb": NB03,
     "04_posnet_seams.ipynb": NB04,
     "05_profiling_sharded_step.ipynb": NB05,
 }
