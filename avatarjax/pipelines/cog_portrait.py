@@ -195,7 +195,9 @@ def evaluate(pipe: CogPortraitPipeline, reader, *, clips: int = 8, settings: tup
         windows = _random_windows(ProceduralSource(data.synthface.world(), split), clips, window, seed)
     results: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     trues, true_kps, targets, wall = [], [], [], defaultdict(float)
-    for record, start in windows:
+    from tqdm.auto import tqdm
+
+    for record, start in tqdm(windows, desc="cogportrait eval", unit="clip", disable=None):
         all_kps, state = task.window_truth(record, start, window, schema.NUM_KEYPOINTS)
         kps = all_kps[:, :count]
         video, _ = task.render_truth(record, kps, state, size)

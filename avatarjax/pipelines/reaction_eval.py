@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from avatarjax.eval import react as react_metrics, smoothness
 
@@ -63,8 +64,10 @@ def evaluate_table(pfl: tuple, floating: tuple | None, smoother, *, sessions: in
             continue
         model, cfg = gen
         start = time.perf_counter()
-        for _, raw, pred, _ in generated_sessions(model, cfg, "eval", sessions, num_reactions=reactions, seed=seed,
-                                                  num_steps=num_steps, num_frames=num_frames):
+        generated = generated_sessions(model, cfg, "eval", sessions, num_reactions=reactions, seed=seed,
+                                       num_steps=num_steps, num_frames=num_frames)
+        for _, raw, pred, _ in tqdm(generated, total=sessions, desc=f"react eval ({name})", unit="session",
+                                    disable=None):
             if cfg.data.crop == "floating":  # the floating pipeline has no translation channel to render
                 pred[..., TRANSLATION] = 0.0
             t = pred.shape[1]

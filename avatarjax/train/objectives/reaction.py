@@ -364,9 +364,12 @@ def dump_generated(model, cfg, path, *, split: str, sessions: int, num_reactions
 
     seg = segment_length(cfg)
     rows = []
-    for i, raw, pred, _ in generated_sessions(model, cfg, split, sessions, num_reactions=num_reactions,
-                                              seed=seed + (0 if split == "eval" else 1_000_000),
-                                              num_steps=num_steps, num_frames=num_frames):
+    from tqdm.auto import tqdm
+
+    generated = generated_sessions(model, cfg, split, sessions, num_reactions=num_reactions,
+                                   seed=seed + (0 if split == "eval" else 1_000_000), num_steps=num_steps,
+                                   num_frames=num_frames)
+    for i, raw, pred, _ in tqdm(generated, total=sessions, desc=f"generate {split}", unit="session", disable=None):
         frames = pred.shape[1]
         rows.append({"name": f"{split}_{i:04d}", "generated": pred, "truth": raw["listeners"][:, :frames],
                      "speaker": raw["speaker"][:frames]})

@@ -389,7 +389,9 @@ def sample(model: SpeechVideoSystem, cfg, out_dir, args: list[str], checkpoint=N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     latencies = []
-    for s in range(min(ns.sessions, len(sessions))):
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(min(ns.sessions, len(sessions))), desc="duplex sessions", unit="session", disable=None):
         human = sessions.session(s)["speaker"]
         frames = min(ns.frames, cfg.data.session_frames)
         session = svlm.DuplexSession(model.net, max_frames=frames, seed=sc.seed + s, temperature=sc.temperature,
