@@ -292,6 +292,43 @@ def cmd_registry(kind: str, argv: list[str]) -> int:
     return 0
 
 
+OUTPUT_FLAGS = ("--workdir", "--out", "--to", "--data_dir", "--data-dir")
+COMMANDS_LOG = "commands.log"
+
+
+def _output_dir(argv: list[str]) -> Path | None:
+    """Where a command wrote its results: the directory named by its output flag (a file's folder for
+    ``--out FILE.ext``)."""
+    args = argv[:argv.index("--")] if "--" in argv else argv
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag in OUTPUT_FLAGS:
+            value = value or (args[i + 1] if i + 1 < len(args) else "")
+            if value:
+                path = Path(value)
+                return path.parent if path.suffix and not path.is_dir() else path
+    return None
+
+
+def record_command(argv: list[str]) -> None:
+    """Append the command that just succeeded to ``OUTPUT_DIR/commands.log`` (UTC time, then the shell-quoted
+    command), so every output folder says what made it."""
+    import datetime
+    import shlex
+
+    from avatarjax.parallel import distributed
+
+    directory = _output_dir(argv)
+    if directory is None or not directory.is_dir() or not distributed.is_primary():
+        return
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        with open(directory / COMMANDS_LOG, "a") as log:
+            log.write(f"{stamp}  {shlex.join(['avatarjax', *argv])}\n")
+    except OSError:
+        pass  # a read-only output (e.g. a shipped export) keeps no log
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -308,19 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         from avatarjax.parallel import distributed
 
         distributed.initialize()
-        if command == "train":
-            return cmd_train(rest)
-        if command == "eval":
-            return cmd_eval(rest)
-        if command == "sample":
-            return cmd_sample(rest)
-        if command == "profile":
-            return cmd_profile(rest)
-        if command == "data":
-            return cmd_data(rest)
-        if command == "export":
-            return cmd_export(rest)
-        return cmd_registry(command, rest)
+        handlers = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "profile": cmd_profile,
+                    "data": cmd_data, "export": cmd_export}
+        rc = handlers[command](rest) if command in handlers else cmd_registry(command, rest)
+        if rc == 0:
+            record_command(argv)
+        return rc
     except AvatarError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

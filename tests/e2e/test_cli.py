@@ -30,6 +30,8 @@ def test_train_eval_sample_profile(tmp_path):
     assert "train done at step 4" in out.stdout
     assert (Path(work) / "checkpoints" / "4").is_dir()
     assert (Path(work) / "plots" / "loss.png").stat().st_size > 0
+    logged = (Path(work) / "commands.log").read_text().splitlines()  # the folder says what made it
+    assert len(logged) == 1 and f"avatarjax train --config {TINY_LM} --workdir {work}" in logged[0]
     ev = avatarjax("eval", "--config", TINY_LM, "--workdir", work, "--batches", "2", "--plot", str(tmp_path / "r.png"))
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads(ev.stdout)["step"] == 4 and (tmp_path / "r.png").stat().st_size > 0
@@ -99,3 +101,12 @@ def test_bench_trainer_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["bare_step_ms"] > 0 and report["full_loop_step_ms"] > 0 and "overhead_ratio" in report
+
+
+def test_output_dir_of_a_command(tmp_path):
+    from avatarjax.cli import _output_dir
+
+    (tmp_path / "run").mkdir()
+    assert _output_dir(["train", "--config", "c.py", "--workdir", str(tmp_path / "run")]) == tmp_path / "run"
+    assert _output_dir(["sample", "--out=" + str(tmp_path / "a" / "x.mp4"), "--", "--out", "y"]) == tmp_path / "a"
+    assert _output_dir(["eval", "--checkpoint", "w", "--", "--out", "r.json"]) is None  # task options don't count
