@@ -200,20 +200,18 @@ def identity_pool(num_identities: int, split: str) -> np.ndarray:
 
 
 _TEXT_LOCK = threading.Lock()
+_TEXT_ENCODERS: dict[str, object] = {}
 
 
 def _text_features(spec: str):
     """One ``InstructionFeatures`` per spec. Built under a lock: loader threads asking at once would import
     transformers concurrently (an ImportError, then a crash, seen with data.text_encoder=minilm and 2 threads)."""
-    with _TEXT_LOCK:
-        return _text_features_unlocked(spec)
-
-
-@functools.lru_cache(maxsize=4)
-def _text_features_unlocked(spec: str):
     from avatarjax.encoders.instruction_features import InstructionFeatures
 
-    return InstructionFeatures(spec)
+    with _TEXT_LOCK:
+        if spec not in _TEXT_ENCODERS:
+            _TEXT_ENCODERS[spec] = InstructionFeatures(spec)
+        return _TEXT_ENCODERS[spec]
 
 
 class MemoisedSessions:
