@@ -45,7 +45,7 @@ demo-lm: $(STAMP)
 	@echo "demo output: $(abspath outputs/demo_lm) (metrics.jsonl, tb/, checkpoints/, samples/)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests

@@ -29,7 +29,10 @@ EXAMPLES = {
              "avatarjax data preview synthface --out outputs/synthface_preview"],
     "convert": ["avatarjax convert umt5 --from checkpoints/umt5-base --to outputs/umt5"],
     "bench": ["avatarjax bench posnet", "avatarjax bench trainer"],
-    "profile": ["avatarjax profile --config configs/lm/synthface_tiny.py --steps 5"],
+    "profile": ["avatarjax profile --config configs/lm/synthface_tiny.py --steps 5",
+                "avatarjax profile memory --config configs/lm/paper.py --mesh data=2,fsdp=4 --device-kind H100",
+                "avatarjax profile sharding --config configs/cogportrait/paper.py --mesh fsdp=4,tensor=2 "
+                "--rules fsdp_tp"],
     "export": ["avatarjax export --workdir outputs/lm --out outputs/lm_export --dtype float16"],
 }
 
@@ -236,7 +239,69 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_profile_memory(argv: list[str]) -> int:
+    """``avatarjax profile memory --config C --mesh data=2,fsdp=4 [--device-memory GIB | --device-kind KIND]``:
+    compile the train step ahead of time for that mesh on fake CPU devices and report per-device bytes."""
+    import math
+
+    args, overrides = _split_overrides(argv)
+    p = _config_parser("profile", workdir_required=False)
+    p.prog = "avatarjax profile memory"
+    p.add_argument("--mesh", required=True, help="target mesh, e.g. data=2,fsdp=4 (axes: data, fsdp, tensor, "
+                                                 "sequence; unnamed axes are 1)")
+    p.add_argument("--rules", default=None, help="rule preset (default: the config's mesh.rules)")
+    p.add_argument("--device-memory", dest="device_memory", type=float, default=None, help="GiB per device")
+    p.add_argument("--device-kind", dest="device_kind", default=None, help="e.g. H100, H200, A100, 'TPU v5p'")
+    p.add_argument("--memory-fraction", dest="memory_fraction", type=float, default=1.0,
+                   help="usable share of device memory (JAX on GPU preallocates 0.75 unless "
+                        "XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise)")
+    ns = p.parse_args(args)
+    from avatarjax.profiling import memory
+
+    sizes = memory.parse_mesh(ns.mesh)
+    cfg = _load(ns, overrides)  # validate the config before any subprocess
+    needed = math.prod(sizes.values())
+    if memory.needs_subprocess(needed):
+        return memory.run_in_subprocess(argv, needed)
+    _print(memory.memory_report(cfg, sizes, rules=ns.rules, device_memory_gib=ns.device_memory,
+                                device_kind=ns.device_kind, memory_fraction=ns.memory_fraction))
+    return 0
+
+
+def cmd_profile_sharding(argv: list[str]) -> int:
+    """``avatarjax profile sharding --config C --mesh fsdp=4,tensor=2 [--rules PRESET] [--out F.json]``: every
+    parameter's PartitionSpec and per-device shard under a preset (abstract: nothing is allocated)."""
+    args, overrides = _split_overrides(argv)
+    p = _config_parser("profile", workdir_required=False)
+    p.prog = "avatarjax profile sharding"
+    p.add_argument("--mesh", required=True, help="mesh axis sizes, e.g. data=2,fsdp=2,tensor=2")
+    p.add_argument("--rules", default=None, help="rule preset (default: the config's mesh.rules)")
+    p.add_argument("--out", default=None, help="write the full dump (one line per parameter) to this JSON file")
+    p.add_argument("--limit", type=int, default=20, help="largest parameters to print")
+    ns = p.parse_args(args)
+    from avatarjax.parallel.rules import PRESETS
+    from avatarjax.profiling import memory, sharding
+
+    cfg = _load(ns, overrides)
+    preset = ns.rules or cfg.mesh.rules
+    if preset not in PRESETS:
+        from avatarjax.errors import did_you_mean
+
+        raise AvatarError(f"unknown rule preset '{preset}': {did_you_mean(preset, PRESETS)}")
+    dump = sharding.sharding_dump(cfg, preset, memory.parse_mesh(ns.mesh), override=cfg.mesh.rules_override)
+    if ns.out:
+        sharding.write(dump, ns.out)
+    problems = {k: r["problems"] for k, r in dump["params"].items() if "problems" in r}
+    _print({k: dump[k] for k in ("task", "preset", "mesh", "summary")} | {"problems": problems,
+                                                                           "largest": sharding.table(dump, ns.limit)})
+    return 0
+
+
 def cmd_profile(argv: list[str]) -> int:
+    """``avatarjax profile [memory|sharding] --config C ...``: without a subcommand, compile and time a train
+    step on this machine's devices (memory, FLOPs, MFU)."""
+    if argv and argv[0] in ("memory", "sharding"):
+        return {"memory": cmd_profile_memory, "sharding": cmd_profile_sharding}[argv[0]](argv[1:])
     args, overrides = _split_overrides(argv)
     p = _config_parser("profile", workdir_required=False)
     p.add_argument("--steps", type=int, default=5, help="timed steps after compilation")

@@ -33,6 +33,9 @@ class MeshConfig:
     dcn_fsdp: int = 1
     rules: str = "fsdp"  # a preset in avatarjax.parallel.rules.PRESETS
     rules_override: tuple[tuple[str, tuple[str, ...]], ...] = ()  # ((logical_name, (mesh axes...)), ...)
+    # Attention kernel for every attend() call (avatarjax.nn.attention_kernels): model (each model's own
+    # `attention` key) | auto | xla | cudnn | splash | chunked | ring | ulysses (ring/ulysses shard over `sequence`).
+    attention: str = "model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +275,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("checkpoint.every and log.every must be positive")
     if cfg.checkpoint.keep <= 0:
         raise ConfigError("checkpoint.keep must be positive (how many checkpoints to keep)")
+    from avatarjax.nn.attention_kernels import CONFIG_CHOICES
+
+    if cfg.mesh.attention not in CONFIG_CHOICES:
+        best = nearest(cfg.mesh.attention, CONFIG_CHOICES)
+        raise ConfigError(f"unknown mesh.attention '{cfg.mesh.attention}': "
+                          + (f"did you mean '{best}'? " if best else "") + "choose one of " + ", ".join(CONFIG_CHOICES))
     from avatarjax.parallel.rules import PRESETS
 
     if cfg.mesh.rules not in PRESETS:

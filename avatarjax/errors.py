@@ -31,6 +31,10 @@ class DataError(AvatarError):
     """Input data (files, arrays, sample rates) is unusable."""
 
 
+class FaceNotFound(DataError):
+    """No face was detected in an image (or in some frames of a video) that needs one."""
+
+
 class TrainingAborted(AvatarError):
     """Training stopped because the state went bad (NaN/Inf loss)."""
 

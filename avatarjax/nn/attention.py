@@ -1,7 +1,10 @@
 """The one attention entry point, and a multi-head attention module (GQA, RoPE, QK-norm, self or cross).
 
-``attend`` wraps ``jax.nn.dot_product_attention`` so that every model gets the same kernel choice: ``xla`` (any
-backend), ``cudnn`` (fused flash attention on NVIDIA GPUs) or ``None`` (let JAX pick).
+``attend`` is the one place every model computes attention, so every model gets the same kernel choice (see
+:mod:`avatarjax.nn.attention_kernels`): ``xla`` (the reference, any backend), ``cudnn`` (fused flash attention on
+NVIDIA GPUs), ``splash`` (Pallas flash kernel on TPUs), ``chunked`` (blockwise online softmax, low memory),
+``ring`` / ``ulysses`` (sequence parallel over the mesh's ``sequence`` axis) or ``auto`` / ``None`` (by platform).
+A :func:`use_implementation` scope (the trainer's ``mesh.attention``) overrides the per-call choice at trace time.
 
 ``Attention`` is used as ``attn(x, context=None, *, rope=, causal=, mask=, bias=, scale=)``; its pieces ``qkv`` and
 ``output`` are public for callers that need the keys and values (a KV-cache prefill), and ``extend`` runs cached
@@ -14,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from avatarjax.nn import attention_kernels as kernels
+from avatarjax.nn.attention_kernels import use_implementation  # noqa: F401 (re-exported)
 from avatarjax.nn.linear import Dense
 from avatarjax.nn.norms import RMSNorm
 from avatarjax.nn.rope import apply_rope
@@ -27,16 +32,16 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, ma
     q ``[batch, q_len, heads, head_dim]``; k, v ``[batch, kv_len, kv_heads, head_dim]`` with ``heads`` a multiple
     of ``kv_heads`` (grouped-query attention); mask broadcastable to ``[batch, heads, q_len, kv_len]`` (True =
     attend); bias (added to the logits) broadcastable to the same; ``scale`` defaults to ``1/sqrt(head_dim)``
-    (T5 uses 1.0); returns ``[batch, q_len, heads, head_dim]``.
+    (T5 uses 1.0); returns ``[batch, q_len, heads, head_dim]``. ``implementation`` (one of
+    ``attention_kernels.IMPLEMENTATIONS``, None = ``auto``) applies unless a :func:`use_implementation` scope is
+    active; one that cannot run this call falls back (one logged note), never silently wrong.
     """
-    if implementation == "cudnn" and (mask is not None or bias is not None):
-        implementation = None  # cuDNN supports only causal / length masks; fall back to the XLA path
     if q.dtype != k.dtype:
         k, v = k.astype(q.dtype), v.astype(q.dtype)
     if bias is not None:
         bias = bias.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal, scale=scale,
-                                        implementation=implementation)
+    return kernels.attention(q, k, v, causal=causal, mask=mask, bias=bias, scale=scale,
+                             implementation=implementation)
 
 
 def write_slots(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
@@ -108,8 +113,11 @@ class Attention(nnx.Module):
             if context is None:
                 k = apply_rope(k, *rope)
         q = constrain(q, ("batch", "length", "act_heads", "act_head_dim"))
-        k = constrain(k, ("batch", "kv_length", "act_kv_heads", "act_head_dim"))
-        v = constrain(v, ("batch", "kv_length", "act_kv_heads", "act_head_dim"))
+        # Sequence-parallel kernels take self-attention k/v sharded like q (no all-gather before the shard_map).
+        choice = kernels.active()
+        kv_len = "length" if context is None and choice and choice.name in ("ring", "ulysses") else "kv_length"
+        k = constrain(k, ("batch", kv_len, "act_kv_heads", "act_head_dim"))
+        v = constrain(v, ("batch", kv_len, "act_kv_heads", "act_head_dim"))
         return q, k, v
 
     def output(self, q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,

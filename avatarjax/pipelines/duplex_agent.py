@@ -410,10 +410,11 @@ class DuplexAgent:
 
     def controls(self, prompt: str | None, identity: int | None, human_video: bool) -> dict[str, Any]:
         """StreamControls fields for a prompt (via ``data.text_encoder``), an agent identity and whether the
-        human's video is fed."""
+        human's video is fed; the motion trajectory starts empty (a ``controls_source`` may fill it)."""
         lm, data = self.lm, self.cfg.data
         fields = {"text": np.zeros((1, lm.text_dim), np.float32), "text_mask": np.zeros((1,), bool),
                   "identity": np.full((1,), -1, np.int32),
+                  "motion": np.zeros((1, lm.motion_dim), np.float32), "motion_mask": np.zeros((1,), bool),
                   "human_video_mask": np.array([human_video and uses_human_video(self.cfg)]),
                   "agent_video_mask": np.array([self.cfg.model.loss.stage == 2])}
         if prompt:
@@ -449,10 +450,15 @@ class DuplexAgent:
 
     def stream(self, human_audio_chunks: Iterable[np.ndarray], human_video_frames: Iterable[Any] | None = None,
                prompt: str | None = None, identity: int | None = None, seed: int | None = None,
-               max_frames: int | None = None) -> Iterator[AgentFrame]:
+               max_frames: int | None = None, controls_source=None) -> Iterator[AgentFrame]:
         """Yield one ``AgentFrame`` per human frame (``[samples_per_frame]`` audio at the codec's rate; video
         frames uint8 ``[H, W, 3]`` for real tokens or face states ``[24]`` for stand-in tokens, or None). The
-        agent's frame ``i`` is yielded on receiving the human's frame ``i`` and depends on frames ``< i`` only."""
+        agent's frame ``i`` is yielded on receiving the human's frame ``i`` and depends on frames ``< i`` only.
+
+        ``controls_source`` (e.g. ``planning.dual_system.AsyncPlanner``): called as ``source(i)`` at the boundary
+        before frame ``i``; a returned dict of ``StreamControls`` fields (same shapes and dtypes) replaces them from
+        frame ``i`` on (None: no change). Its optional ``observe(item, audio_chunk, human_frame)`` is called after
+        each frame. Both must return at once: the stream never waits for a planner."""
         tok = self.tokenizers
         video_iter = None if human_video_frames is None else iter(human_video_frames)
         self.reset(self.seed if seed is None else seed, self.controls(prompt, identity, video_iter is not None))
@@ -461,11 +467,16 @@ class DuplexAgent:
         zero_video = np.zeros((self.lm.video_tokens, self.lm.video_dim), np.float32)
         pending: tuple[np.ndarray, Any] | None = None
         silent = np.zeros((self.samples_per_frame,), np.float32)
+        observe = getattr(controls_source, "observe", None)
         for i, chunk in enumerate(human_audio_chunks):
             if i >= limit:
                 break
             frame = None if video_iter is None else next(video_iter, None)
             t0 = time.perf_counter()
+            if controls_source is not None:
+                changes = controls_source(i)
+                if changes:
+                    self.session.set_controls(**changes)
             codes_prev, video_prev = tok.silence, zero_video
             if pending is not None:  # tokenize the human's frame i - 1
                 codes_prev = tok.encode_audio(pending[0])
@@ -480,9 +491,12 @@ class DuplexAgent:
             talking = None if codes is None else tok.talking(codes, audio)
             latency = time.perf_counter() - t0
             pending = (chunk, frame)
-            yield AgentFrame(index=i, video_tokens=tokens, video=video, face_state=tok.face_state(tokens),
-                             delayed_codes=out.delayed_codes[0], audio_frame=i - (q - 1), codes=codes,
-                             audio=silent if audio is None else audio, talking=talking, latency_s=latency)
+            item = AgentFrame(index=i, video_tokens=tokens, video=video, face_state=tok.face_state(tokens),
+                              delayed_codes=out.delayed_codes[0], audio_frame=i - (q - 1), codes=codes,
+                              audio=silent if audio is None else audio, talking=talking, latency_s=latency)
+            if observe is not None:
+                observe(item, chunk, frame)
+            yield item
 
 
 def latency_report(latencies: list[float], skip_first: bool = True) -> dict[str, float]:

@@ -5,9 +5,12 @@ facial motion control.
     result = pipe.sample(portrait, audio, "talk happily, raising your eyebrows")  # audio=None: motion control
     pipe.write(result, "out.mp4")   # mp4 (H.264 + AAC), contact sheet PNG, motion JSON
 
-The whole denoising loop (all steps, classifier-free guidance as one doubled batch) runs inside one ``jax.jit``;
-conditions are encoded once before the loop. The motion VAE then decodes the latents with the portrait's
-appearance latent.
+Audio of any length: one frame per 40 ms (the last partial one included), generated in overlapping windows of the
+training length, each continuing the previous window's tail (``avatarjax.pipelines.windowed``); knobs
+``head_motion_scale``, ``expression_scale``, ``lip_only``, ``smoothing``, ``anchor_colours``. One progress bar
+covers all windows x steps. Each window's whole denoising loop (all steps, classifier-free guidance as one doubled
+batch) runs inside one ``jax.jit`` compiled once for every window; conditions are encoded once per window. The
+motion VAE then decodes the latents with the portrait's appearance latent, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from avatarjax.config import Config
 from avatarjax.data.synthface import render, schema
 from avatarjax.diffusion import guidance, samplers, schedules
 from avatarjax.errors import AvatarError, DataError
+from avatarjax.pipelines import windowed
 from avatarjax.train.objectives import instruct_avatar as task
 from avatarjax.train.objectives.instruct_avatar import InstructAvatarSampleConfig
 
@@ -97,22 +101,44 @@ class InstructAvatarPipeline:
         if wave.ndim != 1:
             raise DataError(f"audio must be mono float32 [samples] at 16 kHz, got shape {wave.shape}: read files "
                             "with avatarjax.media.read_audio (it down-mixes and resamples)")
-        frames = len(wave) // SAMPLES_PER_FRAME
+        frames = windowed.frames_for_audio(len(wave))  # the last partial 40 ms gets a frame too
         if frames < MIN_FRAMES:
             raise DataError(f"the audio lasts {len(wave) / 16000:.2f} s, shorter than the {MIN_FRAMES / FPS:.2f} s "
                             "minimum: give a longer utterance")
-        return wave[:frames * SAMPLES_PER_FRAME].astype(np.float32), True
+        return windowed.pad_audio(wave, frames, SAMPLES_PER_FRAME), True  # padded with silence, never cut
 
     # -- the jitted generator ------------------------------------------------------------------------------------
+    def _pose_fn(self):
+        """``(state, batch) -> pose_pred [1, W, 3]``: the audio pose head alone (the first pass of long-form
+        generation, whose stitched and smoothed output conditions every window)."""
+        if "pose" not in self._compiled:
+            graphdef = self._graphdef
+
+            def pose(state, batch):
+                net = nnx.merge(graphdef, state).net
+                return net.encode_conditions(task.conditions(batch), None, False)["pose_pred"]
+
+            self._compiled["pose"] = jax.jit(pose)
+        return self._compiled["pose"]
+
     def _generator(self, options: InstructAvatarSampleConfig, frames: int):
+        """One window: ``(state, batch, noise, key, known, known_mask) -> (x0 [1, W, D], pose [1, W, 3])``.
+
+        ``known [1, W, D]`` (standardised latents) / ``known_mask`` bool ``[W]``: the frames continued from the
+        previous window, re-imposed at every sampler step forward-noised to the step's level (``windowed``)."""
         key_ = (options, frames)
         if key_ in self._compiled:
             return self._compiled[key_]
         settings, graphdef = self.settings, self._graphdef
         d = settings.diffusion
         scale = float(options.guidance_scale)
+        if d.formulation == "ddpm":
+            noiser = windowed.forward_noise_fn("ddpm", schedule=schedules.make_discrete_schedule(
+                d.beta_schedule, d.num_train_steps))
+        else:
+            noiser = windowed.forward_noise_fn("vpsde", sde=schedules.VPSDE(d.beta_min, d.beta_max))
 
-        def generate(state, batch, noise, key):
+        def generate(state, batch, noise, key, known, known_mask):
             net = nnx.merge(graphdef, state).net
             cond = task.conditions(batch)
             if scale != 1.0:
@@ -124,6 +150,7 @@ class InstructAvatarPipeline:
             denoise = lambda x_t, t: net.denoise(x_t, t, c, to_x0=to_x0)  # noqa: E731
             if scale != 1.0:  # one doubled batch per step: conditional rows first, then the null instruction
                 denoise = guidance.batched_cfg_denoise(denoise, scale)
+            denoise = windowed.replacement_denoise(denoise, noiser, known * d.latent_scale, known_mask, noise)
             x0 = _run_sampler(options, d, denoise, noise, key)
             pose = c["pose_pred"][:noise.shape[0]]
             return x0 / d.latent_scale, pose
@@ -151,35 +178,124 @@ class InstructAvatarPipeline:
             self._compiled["encode"], self._compiled["decode"] = jax.jit(encode), jax.jit(decode)
         return self._compiled[name]
 
+    def steps_per_window(self, **options) -> int:
+        """Denoising steps one window takes with these ``sample`` options (the progress bar's unit)."""
+        opts = dataclasses.replace(self.cfg.sample, **options)
+        d = self.settings.diffusion
+        return d.num_train_steps if (d.formulation == "ddpm" and opts.sampler == "ddpm") else opts.num_steps
+
+    def plan(self, num_frames: int, window: int | None = None, overlap: int | None = None) -> windowed.WindowPlan:
+        """The windows for ``num_frames``: ``window`` defaults to the training window (a shorter utterance is one
+        window of its own length), ``overlap`` to a quarter of it."""
+        window = window or self.cfg.data.synthface.window
+        overlap = window // 4 if overlap is None else overlap
+        if num_frames <= window:
+            return windowed.plan_windows(num_frames, num_frames, 0)
+        return windowed.plan_windows(num_frames, window, overlap)
+
     # -- public --------------------------------------------------------------------------------------------------
     def sample(self, portrait, audio=None, instruction: str = "", *, num_frames: int | None = None,
+               window: int | None = None, overlap: int | None = None, head_motion_scale: float = 1.0,
+               expression_scale: float = 1.0, lip_only: bool = False, smoothing: float = 1.5,
+               anchor_colours: bool = False, portrait_pose=None, posnet=None, progress: bool | None = None,
                **options) -> Generated:
-        """Generate. ``portrait``: path or uint8 ``[S, S, 3]``; ``audio``: path, float32 16 kHz mono array or None
-        (text-only motion control for ``num_frames`` frames); ``options`` override the ``sample`` config
-        (sampler, num_steps, eta, temperature, guidance_scale, seed)."""
+        """Generate, for audio of any length. ``portrait``: path or uint8 ``[S, S, 3]``; ``audio``: path, float32
+        16 kHz mono array or None (text-only motion control for ``num_frames`` frames); ``options`` override the
+        ``sample`` config (sampler, num_steps, eta, temperature, guidance_scale, seed).
+
+        Long-form (see ``avatarjax.pipelines.windowed``): one frame per 40 ms of audio (the last partial one
+        included; the audio is padded to match); windows of ``window`` frames (default: the training window)
+        overlapping by ``overlap`` (default a quarter), each continuing the previous one's tail. Knobs:
+        ``head_motion_scale`` (head motion about ``portrait_pose``, degrees ``[3]``, default frontal),
+        ``expression_scale`` (motion-latent deviation from the portrait's), ``lip_only`` (head held at
+        ``portrait_pose``), ``smoothing`` (pose smoothing sigma in frames, 0 = off), ``anchor_colours`` (match
+        each chunk's face colours to the portrait's), ``posnet`` (a ``reaction.PoseSmoother`` or its checkpoint
+        path for the pose seams), ``progress`` (the tqdm bar: None = when attached to a terminal)."""
         opts = dataclasses.replace(self.cfg.sample, **options)
         portrait = self._portrait(portrait)
         wave, talking = self._audio(audio, num_frames)
         text = self.text([instruction])
         frames = len(wave) // SAMPLES_PER_FRAME
+        plan = self.plan(frames, window, overlap)
+        if isinstance(posnet, (str, Path)):
+            from avatarjax.pipelines.reaction import PoseSmoother
+
+            posnet = PoseSmoother.load(posnet)
         t0 = time.perf_counter()
+        # identity and appearance come from the portrait for every window, never from generated frames
         appearance, keyframe = self._vae("encode")(self._vae_state, jnp.asarray(portrait[None]))
         keyframe = (keyframe - self._mean) / self._std
-        batch = {"audio": jnp.asarray(wave[None]), "mask": jnp.ones((1, frames), bool),
-                 "audio_flag": jnp.array([int(talking)], jnp.int32), "keyframe": keyframe, **text}
         features = self.frontend.clip_features(wave)
-        if features is not None:
-            batch["audio_features"] = jnp.asarray(features[None])
+        w = plan.window
+
+        def window_batch(k: int) -> dict:
+            start, valid = plan.starts[k], plan.valid(k)
+            clip = np.zeros(w * SAMPLES_PER_FRAME, np.float32)
+            clip[:valid * SAMPLES_PER_FRAME] = wave[start * SAMPLES_PER_FRAME:(start + valid) * SAMPLES_PER_FRAME]
+            batch = {"audio": jnp.asarray(clip[None]), "mask": jnp.asarray(plan.frame_mask(k)[None]),
+                     "audio_flag": jnp.array([int(talking)], jnp.int32), "keyframe": keyframe, **text}
+            if features is not None:
+                f = np.zeros((2 * w, features.shape[1]), np.float32)
+                f[:2 * valid] = features[2 * start:2 * (start + valid)]
+                batch["audio_features"] = jnp.asarray(f[None])
+            return batch
+
+        batches = [window_batch(k) for k in range(plan.num_windows)]
+        predicted = windowed.blend_windows(plan, [np.asarray(self._pose_fn()(self._state, b))[0] for b in batches])
+        pose = windowed.smooth_pose(predicted * task.POSE_SCALE, smoothing=smoothing,
+                                    head_motion_scale=head_motion_scale, lip_only=lip_only,
+                                    portrait_pose=portrait_pose, posnet=posnet, posnet_offset=plan.window)
+        generator = self._generator(opts, w)
         key = jax.random.key(opts.seed)
-        noise = jax.random.normal(jax.random.fold_in(key, 1), (1, frames, self.settings.net.latent_dim))
-        latents, pose = self._generator(opts, frames)(self._state, batch, noise, key)
-        latents = latents * self._std + self._mean
-        rendered = motion_vae.to_uint8(self._vae("decode")(self._vae_state, appearance, latents[0]))
+        dim = self.settings.net.latent_dim
+        latents = np.zeros((frames, dim), np.float32)
+        bar = windowed.WindowProgress(plan.num_windows, self.steps_per_window(**options), disable=(
+            None if progress is None else not progress))
+        try:
+            for k, batch in enumerate(batches):
+                start, valid = plan.starts[k], plan.valid(k)
+                cond_pose = np.zeros((w, pose.shape[1]), np.float32)
+                cond_pose[:valid] = pose[start:start + valid] / task.POSE_SCALE
+                if talking:
+                    batch = {**batch, "pose": jnp.asarray(cond_pose[None])}
+                known, known_mask = plan.known(latents, k)
+                wkey = jax.random.fold_in(key, k)
+                noise = jax.random.normal(jax.random.fold_in(wkey, 1), (1, w, dim))
+                x0, _ = generator(self._state, batch, noise, wkey, jnp.asarray(known[None]), jnp.asarray(known_mask))
+                plan.commit(latents, np.asarray(x0[0], np.float32), k)
+                bar.window_done(valid - plan.known_frames(k))
+        finally:
+            bar.close()
+        key_std = np.asarray(keyframe[0], np.float32)
+        shown = key_std + expression_scale * (latents - key_std) if expression_scale != 1.0 else latents
+        shown = shown * np.asarray(self._std) + np.asarray(self._mean)
+        rendered = self._decode_chunks(appearance, shown, plan, portrait if anchor_colours else None)
         elapsed = time.perf_counter() - t0
-        info = {"frames": frames, "seconds": frames / FPS, "wall_s": round(elapsed, 3),
-                "real_time_factor": round(elapsed / (frames / FPS), 3), **dataclasses.asdict(opts)}
-        return Generated(frames=rendered, latents=np.asarray(latents[0]), pose=np.asarray(pose[0]) * task.POSE_SCALE,
-                         audio=wave, portrait=portrait, instruction=instruction, talking=talking, info=info)
+        info = {"frames": frames, "seconds": frames / FPS, "audio_samples": len(wave), "wall_s": round(elapsed, 3),
+                "real_time_factor": round(elapsed / (frames / FPS), 3), "windows": plan.num_windows,
+                "window": plan.window, "overlap": plan.overlap, "window_starts": list(plan.starts),
+                "head_motion_scale": head_motion_scale, "expression_scale": expression_scale, "lip_only": lip_only,
+                "smoothing": smoothing, "anchor_colours": anchor_colours, **dataclasses.asdict(opts)}
+        out_pose = pose if talking else predicted * task.POSE_SCALE
+        return Generated(frames=rendered, latents=latents * np.asarray(self._std) + np.asarray(self._mean),
+                         pose=out_pose, audio=wave, portrait=portrait, instruction=instruction, talking=talking,
+                         info=info)
+
+    def _decode_chunks(self, appearance, latents: np.ndarray, plan: windowed.WindowPlan,
+                       anchor: np.ndarray | None) -> np.ndarray:
+        """Decode ``latents [T, D]`` (the VAE's units) chunk by chunk (each window's new frames, padded to one
+        shape so one compiled decoder serves all), optionally colour-anchoring each chunk to ``anchor``."""
+        decode = self._vae("decode")
+        size = plan.window
+        region = windowed.face_region(self.frame_size) if anchor is not None else None
+        out = np.zeros((len(latents), self.frame_size, self.frame_size, 3), np.uint8)
+        for first, end in plan.chunks():
+            chunk = np.zeros((size, latents.shape[1]), np.float32)
+            chunk[:end - first] = latents[first:end]
+            frames = np.asarray(motion_vae.to_uint8(decode(self._vae_state, appearance, jnp.asarray(chunk))))
+            frames = frames[:end - first]
+            out[first:end] = windowed.anchor_colours(frames, anchor, region) if anchor is not None else frames
+        return out
 
     def reconstruct(self, portrait, frames: np.ndarray) -> np.ndarray:
         """The motion VAE's own round trip of a true clip uint8 ``[T, S, S, 3]`` driven from ``portrait``'s
@@ -249,7 +365,33 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="motion-control length in frames (25 fps)")
     p.add_argument("--name", default="instructavatar.mp4", help="output file name when --out is a directory")
     p.add_argument("--vae", default=None, help="motion VAE (default: the one the model was trained with)")
+    add_long_form_options(p)
     return p
+
+
+def add_long_form_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The long-form knobs shared by ``sample`` and the long-form evaluation."""
+    g = p.add_argument_group("long-form generation (any length, overlapping windows)")
+    g.add_argument("--head-motion-scale", type=float, default=1.0,
+                   help="scale of the head motion about the portrait's pose (0 = still head, 1 = as predicted)")
+    g.add_argument("--expression-scale", type=float, default=1.0,
+                   help="scale of the face motion's deviation from the portrait (1 = as generated)")
+    g.add_argument("--lip-only", action="store_true", help="hold the head at the portrait's pose; move the face")
+    g.add_argument("--smoothing", type=float, default=1.5,
+                   help="head-pose smoothing strength: Gaussian sigma in frames (0 = off)")
+    g.add_argument("--anchor-colours", action="store_true",
+                   help="match each chunk's face colours (per-channel mean/std) to the portrait's")
+    g.add_argument("--window", type=int, default=None, help="frames per window (default: the training window)")
+    g.add_argument("--overlap", type=int, default=None, help="frames each window continues (default: window / 4)")
+    g.add_argument("--posnet", default=None, help="a trained 3-channel PosNet (workdir or export) for pose seams")
+    return p
+
+
+def long_form_kwargs(ns: argparse.Namespace) -> dict:
+    """``InstructAvatarPipeline.sample`` keyword arguments from ``add_long_form_options``' parsed options."""
+    return {"head_motion_scale": ns.head_motion_scale, "expression_scale": ns.expression_scale,
+            "lip_only": ns.lip_only, "smoothing": ns.smoothing, "anchor_colours": ns.anchor_colours,
+            "window": ns.window, "overlap": ns.overlap, "posnet": ns.posnet}
 
 
 def sample_command(system, cfg: Config, out, args: list[str], checkpoint: str | Path | None = None) -> dict:
@@ -263,7 +405,7 @@ def sample_command(system, cfg: Config, out, args: list[str], checkpoint: str | 
     vae_model, vae_cfg = load_model(vae_path)
     pipe = InstructAvatarPipeline(system, cfg, vae_model, vae_cfg, task.read_latent_statistics(vae_path))
     portrait = media.read_image(ns.portrait, pipe.frame_size, resize=ns.resize)
-    result = pipe.sample(portrait, ns.audio, ns.instruction, num_frames=ns.frames)
+    result = pipe.sample(portrait, ns.audio, ns.instruction, num_frames=ns.frames, **long_form_kwargs(ns))
     out = Path(out)
     target = out if out.suffix else out / ns.name
     return pipe.write(result, target)

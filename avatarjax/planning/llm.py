@@ -9,8 +9,12 @@ A backend turns chat messages (``[{"role": ..., "content": ...}]``) into reply t
   base URL and model from arguments or ``AVATARJAX_LLM_BASE_URL`` / ``AVATARJAX_LLM_MODEL`` (key:
   ``AVATARJAX_LLM_API_KEY``); timeouts, bounded retries with backoff on timeouts / 429 / 5xx, clear errors on
   other non-200 replies. Only ``urllib`` is used.
+  Messages may carry images in the OpenAI form (``content`` a list of ``{"type": "text", "text"}`` and
+  ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`` parts; :func:`encode_image`,
+  :func:`user_message`) for vision-language endpoints; ``vision=False`` flattens them to text for text-only ones.
 - :class:`QwenBackend`: our Qwen2 decoder (``encoders/qwen2.py`` + ``models/decoder_lm.generate``) from a
-  converted checkpoint directory and a tokenizer directory, greedy decoding.
+  converted checkpoint directory and a tokenizer directory, greedy decoding; text only (image parts of a message
+  become ``[image N]`` placeholders: describe keyframes in the text instead).
 
 :func:`ask_json` sends the messages, repairs near-JSON locally (code fences, prose around the object, trailing
 commas), validates with the caller's schema check and, when the reply is still unusable, re-asks with the error
@@ -57,6 +61,62 @@ class Backend(Protocol):
     name: str
 
     def complete(self, messages: list[dict], *, seed: int = 0) -> str: ...
+
+
+# ------------------------------------------------------------------------------------------- multi-part content
+
+def encode_image(image: np.ndarray, fmt: str = "png") -> str:
+    """uint8 RGB ``[H, W, 3]`` -> a ``data:image/...;base64,...`` URL (the OpenAI ``image_url`` form)."""
+    import base64
+
+    import cv2
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise AvatarError(f"an image for the LLM must be uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
+    fmt = fmt.lower()
+    ok, buf = cv2.imencode("." + fmt, np.ascontiguousarray(image[..., ::-1]))
+    if not ok:
+        raise AvatarError(f"cv2 could not encode a {image.shape} image as {fmt}: use png or jpeg")
+    mime = "jpeg" if fmt in ("jpg", "jpeg") else fmt
+    return f"data:image/{mime};base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def user_message(text: str, images: list[np.ndarray] | tuple = (), fmt: str = "png") -> dict:
+    """A user turn: plain text, or text followed by one ``image_url`` part per image (base64 data URLs)."""
+    if not len(images):
+        return {"role": "user", "content": text}
+    parts: list[dict] = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": encode_image(im, fmt)}} for im in images]
+    return {"role": "user", "content": parts}
+
+
+def content_text(content: Any) -> str:
+    """A message's content as text: a string as is; for a list of parts the text parts joined by newlines and
+    each image part as ``[image N]``."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return str(content)
+    out, n = [], 0
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            out.append(str(part.get("text", "")))
+        elif kind in ("image_url", "image"):
+            out.append(f"[image {n}]")
+            n += 1
+    return "\n".join(out)
+
+
+def text_only(messages: list[dict]) -> list[dict]:
+    """The messages with every content flattened by :func:`content_text` (for text-only models)."""
+    return [{**m, "content": content_text(m.get("content", ""))} for m in messages]
+
+
+def count_images(messages: list[dict]) -> int:
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for p in m["content"] if isinstance(p, dict) and p.get("type") in ("image_url", "image"))
 
 
 # ----------------------------------------------------------------------------------------------- JSON replies
@@ -115,7 +175,7 @@ def request_of(messages: list[dict]) -> dict:
     """The ``REQUEST_JSON`` payload of the last user message that has one."""
     for msg in reversed(messages):
         if msg.get("role") == "user":
-            for line in str(msg.get("content", "")).splitlines():
+            for line in content_text(msg.get("content", "")).splitlines():
                 if line.startswith(REQUEST_MARKER):
                     return json.loads(line[len(REQUEST_MARKER):])
     raise LLMBackendError(f"the offline backend found no '{REQUEST_MARKER}' line in the prompt: it only answers "
@@ -216,7 +276,7 @@ class HTTPBackend:
 
     def __init__(self, base_url: str | None = None, model: str | None = None, *, api_key: str | None = None,
                  timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.5, temperature: float = 0.0,
-                 json_mode: bool = True):
+                 json_mode: bool = True, vision: bool = True):
         self.base_url = (base_url or os.environ.get(ENV_BASE_URL) or "").rstrip("/")
         self.model = model or os.environ.get(ENV_MODEL) or ""
         if not self.base_url:
@@ -226,7 +286,7 @@ class HTTPBackend:
             raise ConfigError(f"the http LLM backend needs a model name: set planning.llm.model or {ENV_MODEL}")
         self.api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         self.timeout_s, self.retries, self.backoff_s = float(timeout_s), int(retries), float(backoff_s)
-        self.temperature, self.json_mode = float(temperature), bool(json_mode)
+        self.temperature, self.json_mode, self.vision = float(temperature), bool(json_mode), bool(vision)
         self.name = f"http:{self.model}"
 
     def _post(self, body: dict) -> tuple[int, str]:
@@ -242,6 +302,8 @@ class HTTPBackend:
             return err.code, err.read().decode("utf-8", "replace")
 
     def complete(self, messages: list[dict], *, seed: int = 0) -> str:
+        if not self.vision and count_images(messages):
+            messages = text_only(messages)  # a text-only endpoint rejects image parts
         body = {"model": self.model, "messages": messages, "temperature": self.temperature, "seed": int(seed)}
         if self.json_mode:
             body["response_format"] = {"type": "json_object"}
@@ -270,8 +332,10 @@ class HTTPBackend:
             if status == 429 or status >= 500:
                 problem = f"HTTP {status}: {text[:200]}"
                 continue
-            raise LLMBackendError(f"LLM server {self.base_url} answered HTTP {status} ({text[:200]!r}); fix: check "
-                                  f"the model name '{self.model}', the API key ({ENV_API_KEY}) and base_url")
+            hint = (" (the request carried images: use a vision-language model, or vision=False / "
+                    "planning.llm.vision=false to send text only)" if count_images(messages) else "")
+            raise LLMBackendError(f"LLM server {self.base_url} answered HTTP {status} ({text[:200]!r}){hint}; fix: "
+                                  f"check the model name '{self.model}', the API key ({ENV_API_KEY}) and base_url")
         raise LLMBackendError(f"LLM server {self.base_url}: {problem} on all {self.retries + 1} attempts; fix: check "
                               "the server, or raise planning.llm.timeout_s / planning.llm.retries")
 
@@ -297,7 +361,7 @@ class QwenBackend:
         from avatarjax.encoders import qwen2
         from avatarjax.models.decoder_lm import generate
 
-        ids, mask = qwen2.encode_prompts(self.tokenizer, [messages], chat=True, pad_to_multiple=64)
+        ids, mask = qwen2.encode_prompts(self.tokenizer, [text_only(messages)], chat=True, pad_to_multiple=64)
         out = generate(self.model, ids, mask, self.max_new_tokens, eos_token_id=self.eos or None,
                        pad_token_id=int(self.tokenizer.pad_token_id or 0))
         return qwen2.decode_generated(self.tokenizer, np.asarray(out.tokens), np.asarray(out.lengths))[0]
@@ -305,14 +369,15 @@ class QwenBackend:
 
 def make_backend(cfg: dict | None = None) -> Backend:
     """A backend from a config mapping: ``{"backend": "offline" | "http" | "qwen2", ...}`` (http: base_url, model,
-    timeout_s, retries; qwen2: checkpoint_dir, tokenizer_dir, max_new_tokens)."""
+    timeout_s, retries, vision; qwen2: checkpoint_dir, tokenizer_dir, max_new_tokens)."""
     cfg = dict(cfg or {})
     kind = cfg.pop("backend", "offline")
     if kind == "offline":
         return OfflineBackend()
     if kind == "http":
         return HTTPBackend(**{k: v for k, v in cfg.items() if k in ("base_url", "model", "api_key", "timeout_s",
-                                                                      "retries", "backoff_s", "temperature")})
+                                                                      "retries", "backoff_s", "temperature",
+                                                                      "json_mode", "vision")})
     if kind == "qwen2":
         for key in ("checkpoint_dir", "tokenizer_dir"):
             if not cfg.get(key):

@@ -38,7 +38,45 @@ PEAK_TFLOPS = {
     "TPU7x": 2307.0,
 }
 
+# Memory per device (chip) in GiB, as the runtime reports it (nvidia-smi's MiB / 1024 for GPUs).
+DEVICE_MEMORY_GIB = {
+    "H100": 79.6,  # H100 SXM / PCIe 80 GB (81559 MiB)
+    "H100 NVL": 93.6,
+    "H200": 140.4,  # 141 GB (143771 MiB)
+    "H800": 79.6,
+    "B200": 178.4,
+    "A100": 80.0,  # the 80 GB part; "A100-SXM4-40GB" / "A100-PCIE-40GB" match the 40 GB entry
+    "A100-SXM4-40GB": 40.0,
+    "A100-PCIE-40GB": 40.0,
+    "A800": 80.0,
+    "L40S": 45.0,
+    "L4": 22.5,
+    "A10G": 22.5,
+    "V100": 16.0,
+    "TPU v4": 32.0,
+    "TPU v5 lite": 16.0,
+    "TPU v5e": 16.0,
+    "TPU v5p": 95.0,
+    "TPU v5": 95.0,
+    "TPU v6 lite": 32.0,
+    "TPU v6e": 32.0,
+    "TPU7x": 192.0,
+}
+
 _CPU_CACHE: float | None = None
+
+
+def lookup(table: dict[str, float], kind: str) -> float | None:
+    """The entry whose name is the longest case-insensitive substring of ``kind`` (None when none matches)."""
+    for name in sorted(table, key=len, reverse=True):
+        if name.lower() in kind.lower():
+            return table[name]
+    return None
+
+
+def device_memory_gib(kind: str) -> float | None:
+    """Memory of one device of ``kind`` (e.g. "H100", "NVIDIA H100 80GB HBM3", "TPU v5p") in GiB."""
+    return lookup(DEVICE_MEMORY_GIB, kind)
 
 
 def _cache_file() -> Path:
@@ -87,11 +125,7 @@ def device_peak_tflops(device: jax.Device | None = None) -> float:
     device = device or jax.devices()[0]
     if device.platform == "cpu":
         return cpu_peak_tflops()
-    kind = device.device_kind
-    for name in sorted(PEAK_TFLOPS, key=len, reverse=True):
-        if name.lower() in kind.lower():
-            return PEAK_TFLOPS[name]
-    return 0.0
+    return lookup(PEAK_TFLOPS, device.device_kind) or 0.0
 
 
 def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak_tflops: float) -> tuple[float, float]:

@@ -25,6 +25,7 @@ from avatarjax.checkpoint.manager import CheckpointManager, abstract_with_shardi
 from avatarjax.config import Config
 from avatarjax.data import pipeline
 from avatarjax.errors import AvatarError, TrainingAborted
+from avatarjax.nn.attention_kernels import use_implementation as use_attention
 from avatarjax.parallel import mesh as mesh_lib
 from avatarjax.parallel import rules as rules_lib
 from avatarjax.profiling import peak
@@ -113,10 +114,11 @@ class Trainer:
 
     # -- set-up --------------------------------------------------------------------------------------------------
     def _context(self) -> contextlib.ExitStack:
-        """The mesh and the logical rules, active together."""
+        """The mesh, the logical rules and the attention kernel (``mesh.attention``, read when a step traces)."""
         stack = contextlib.ExitStack()
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nnx.logical_axis_rules(self.rules))
+        stack.enter_context(use_attention(self.cfg.mesh.attention))
         return stack
 
     def init_state(self) -> state_lib.TrainState:

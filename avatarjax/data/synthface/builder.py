@@ -1,24 +1,23 @@
 """The synthface tfds builder: writes train/eval splits of clips as ArrayRecord (no TensorFlow needed).
 
-``avatarjax data build synthface --data_dir DIR --config.num_clips=1000`` builds it; the loader reads it back with
-random access (``as_data_source``). The eval split holds the clips of held-out identities, with instructions from
+``avatarjax data build synthface --data_dir DIR --config.num_clips=1000`` builds it (a Beam pipeline: local
+worker processes by default, any runner with ``--beam_options``); the loader reads it back with random access
+(``as_data_source``). The eval split holds the clips of held-out identities, with instructions from
 held-out paraphrase templates.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tqdm.auto import tqdm
 
 from avatarjax.data.synthface import identity as identity_lib
 from avatarjax.data.synthface.records import WorldConfig, clip_identity, clip_split, make_record
 from avatarjax.data.synthface.schema import NUM_CHANNELS, NUM_KEYPOINTS
+from avatarjax.data.tfds.beam import BeamBuilder, build as beam_build
 from avatarjax.errors import DataError
 
 SPLITS = ("train", "eval")
@@ -27,10 +26,10 @@ SPLITS = ("train", "eval")
 @dataclasses.dataclass(eq=False)
 class SynthfaceConfig(tfds.core.BuilderConfig):
     world: WorldConfig = WorldConfig()
-    workers: int = 0  # generation processes; 0 = one per CPU core
+    workers: int = 0  # DirectRunner worker processes; 0 = one per CPU core (not part of the dataset's identity)
 
 
-def _features(world: WorldConfig) -> tfds.features.FeaturesDict:
+def _features(world: WorldConfig) -> dict:
     features = {
         "clip": np.int32,
         "state": tfds.features.Tensor(shape=(None, NUM_CHANNELS), dtype=np.float32),
@@ -50,42 +49,43 @@ def _features(world: WorldConfig) -> tfds.features.FeaturesDict:
     }
     if world.frame_size:
         features["frames"] = tfds.features.Tensor(shape=(None,), dtype=np.object_)
-    return tfds.features.FeaturesDict(features)
+    return features
 
 
-def _make(args):
-    world, index = args
-    return index, make_record(world, index)
+class _MakeRecords:
+    """Beam processor: a clip index -> its (key, record); picklable, so it runs in any worker."""
+
+    def __init__(self, world: WorldConfig):
+        self.world = world
+
+    def __call__(self, descriptor: dict):
+        index = descriptor["index"]
+        yield f"{index:07d}", make_record(self.world, index)
 
 
-class Synthface(tfds.core.GeneratorBasedBuilder):
-    """Procedural talking-face clips with exact ground truth (states, keypoints, audio, instructions)."""
+class Synthface(BeamBuilder):
+    """Procedural talking-face clips with exact ground truth (states, keypoints, audio, instructions).
+
+    A Beam build (``avatarjax.data.tfds.beam``): the clip indices of each split are the work items, generated in
+    the workers, so a million-clip build runs on a cluster runner as well as on local processes.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [SynthfaceConfig(name="default", world=WorldConfig())]
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, description=__doc__, features=_features(self.builder_config.world))
+    def features(self) -> dict:
+        return _features(self.builder_config.world)
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {split: self._generate_examples(split) for split in SPLITS}
-
-    def _generate_examples(self, split: str):
+    def scan(self, root):
+        del root  # nothing to read: every clip is generated
         world = self.builder_config.world
-        indices = [i for i in range(world.num_clips) if clip_split(clip_identity(world, i)) == split]
-        workers = self.builder_config.workers or os.cpu_count() or 1
-        # disable=None: a bar on a terminal, silent when stderr is a file or a pipe (logs, tests)
-        with tqdm(total=len(indices), desc=f"synthface {split}", unit="clip", disable=None) as bar:
-            if workers <= 1:
-                for i in indices:
-                    yield f"{i:07d}", make_record(world, i)
-                    bar.update(1)
-                return
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for i, record in pool.imap(_make, [(world, i) for i in indices], chunksize=8):
-                    yield f"{i:07d}", record
-                    bar.update(1)
+        splits = {split: [] for split in SPLITS}
+        for i in range(world.num_clips):
+            splits[clip_split(clip_identity(world, i))].append({"index": i})
+        return splits
+
+    def processor(self):
+        return _MakeRecords(self.builder_config.world)
 
 
 def builder(data_dir: str | Path, world: WorldConfig, workers: int = 0) -> Synthface:
@@ -93,11 +93,11 @@ def builder(data_dir: str | Path, world: WorldConfig, workers: int = 0) -> Synth
     return Synthface(config=config, data_dir=str(data_dir), file_format="array_record")
 
 
-def build(data_dir: str | Path, world: WorldConfig, workers: int = 0) -> Path:
-    """Build (or reuse) the dataset; returns its directory."""
-    b = builder(data_dir, world, workers)
-    b.download_and_prepare()
-    return Path(b.data_dir)
+def build(data_dir: str | Path, world: WorldConfig, workers: int = 0, beam_options: str = "") -> Path:
+    """Build (or reuse) the dataset with Beam (``workers`` local processes, 0 = one per core, or any runner
+    through ``beam_options``); returns its directory."""
+    config = SynthfaceConfig(name=world.name(), world=world, workers=workers)
+    return beam_build(Synthface, config, data_dir=data_dir, beam_options=beam_options, workers=workers).directory
 
 
 def load_source(data_dir: str | Path, world: WorldConfig, split: str):

@@ -22,17 +22,21 @@ def _split_config(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def build(argv: list[str]) -> dict:
-    """Build the tfds dataset: ``--data_dir DIR [--workers N] [--config.num_clips=...]``."""
+    """Build the tfds dataset with Beam: ``--data_dir DIR [--workers N] [--beam_options OPTS]
+    [--config.num_clips=...]``."""
     rest, overrides = _split_config(argv)
     p = argparse.ArgumentParser(prog="avatarjax data build synthface")
     p.add_argument("--data_dir", required=True)
-    p.add_argument("--workers", type=int, default=0, help="generation processes (0: one per core)")
+    p.add_argument("--workers", type=int, default=0, help="local Beam worker processes (0: one per core)")
+    p.add_argument("--beam_options", default="",
+                   help="Beam pipeline options, e.g. '--runner=FlinkRunner --flink_master=HOST:8081' (default: "
+                        "DirectRunner with --workers processes)")
     ns = p.parse_args(rest)
     world = dataclass_from_overrides(WorldConfig, overrides)
     from avatarjax.data.synthface.builder import build as build_dataset, load_source
 
     t0 = time.perf_counter()
-    directory = build_dataset(ns.data_dir, world, ns.workers)
+    directory = build_dataset(ns.data_dir, world, ns.workers, ns.beam_options)
     seconds = time.perf_counter() - t0
     sizes = {split: len(load_source(ns.data_dir, world, split)) for split in ("train", "eval")}
     return {"dataset": str(directory), "config": world.name(), "clips": sizes, "seconds": round(seconds, 1),
