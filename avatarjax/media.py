@@ -151,13 +151,13 @@ def frame_indices_for_fps(times: np.ndarray | int, fps_in: float | None = None, 
     """Which input frame each output frame at ``fps_out`` shows: ``int64 [T_out]``.
 
     ``times`` is either the input frames' start times in seconds (sorted; variable frame rate works) or, for a
-    constant rate, the input frame count with ``fps_in`` (then computed exactly in integers). ``end`` (seconds, on the clock of ``times``) is when the
-    last frame stops showing; it defaults to ``T_in / fps_in``, or the last time plus ``1 / fps_in`` (plus the
-    median frame interval without ``fps_in``). The duration is ``end - times[0]``. Output frame ``j`` shows the input frame
-    on screen at its centre time ``(j + 0.5) / fps_out`` (a tie at a frame boundary goes to the earlier frame), so
-    each output frame's content is within half an input frame of its own time; there are
-    ``ceil(duration * fps_out)`` output frames, so the end is never lost. 30 -> 25 fps drops every sixth frame,
-    50 -> 25 keeps frames 0, 2, 4, ..., 24 -> 25 shows one frame twice per second.
+    constant rate, the input frame count with ``fps_in`` (then computed exactly in integers). ``end`` (seconds, on
+    the clock of ``times``) is when the last frame stops showing; it defaults to ``T_in / fps_in``, or the last time
+    plus ``1 / fps_in`` (plus the median frame interval without ``fps_in``). The duration is ``end - times[0]``.
+    Output frame ``j`` shows the input frame on screen at its centre time ``(j + 0.5) / fps_out`` (a tie at a frame
+    boundary goes to the earlier frame), so each output frame's content is within half an input frame of its own
+    time; there are ``ceil(duration * fps_out)`` output frames, so the end is never lost. 30 -> 25 fps drops every
+    sixth frame, 50 -> 25 keeps frames 0, 2, 4, ..., 24 -> 25 shows one frame twice per second.
     """
     fps_out_r = _rational(fps_out, "output frame rate")
     if np.ndim(times) == 0:
@@ -267,10 +267,11 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
 
 
 def _decode(container: av.container.InputContainer, video: bool,
-            times: list[float | None] | None = None) -> tuple[list[np.ndarray], np.ndarray, int | None]:
+            times: dict | None = None) -> tuple[list[np.ndarray], np.ndarray, int | None]:
     """One pass over the first audio stream and, if ``video``, the first video stream of an open container ->
-    (RGB frames ``uint8 [H, W, 3]``, audio ``float32 [samples, channels]``, audio sample rate or None). The video
-    frames' presentation times in seconds (None where unknown) are appended to ``times`` when it is given."""
+    (RGB frames ``uint8 [H, W, 3]``, audio ``float32 [samples, channels]``, audio sample rate or None). With a
+    ``times`` dict, it receives ``"video"``: the video frames' presentation times in seconds (None where unknown)
+    and ``"audio"``: the first audio frame's time (or None)."""
     streams = container.streams.video[:int(video)] + container.streams.audio[:1]
     to_float = av.AudioResampler(format="fltp")  # planar float, keeping layout and rate
     images, chunks = [], []
@@ -278,8 +279,10 @@ def _decode(container: av.container.InputContainer, video: bool,
         if isinstance(frame, av.VideoFrame):
             images.append(frame.to_ndarray(format="rgb24"))
             if times is not None:
-                times.append(frame.time)
+                times.setdefault("video", []).append(frame.time)
         else:
+            if times is not None and "audio" not in times:
+                times["audio"] = frame.time
             chunks += [out.to_ndarray() for out in to_float.resample(frame)]
     chunks += [out.to_ndarray() for out in to_float.resample(None)]
     audio = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, 1), np.float32)
@@ -416,25 +419,27 @@ def read_video_at(path: str | os.PathLike, fps: float = FPS, sample_rate: int = 
     (``uint8 [T, H, W, 3]`` RGB frames at ``fps``, ``float32 [samples]`` mono audio at ``sample_rate`` or None).
 
     Frames are placed by their presentation timestamps (:func:`convert_video_fps`, ``method`` "nearest" or
-    "blend"); ``T = ceil(video duration * fps)``. The audio is resampled with :func:`resample` and then fitted to
-    the frames (:func:`fit_audio`: exactly ``samples_for_frames(T)`` samples, zero-padded or trimmed at the end), so
-    it can be passed straight to :func:`write_video` and stays in sync.
+    "blend"); ``T = ceil(video duration * fps)``. The audio is resampled with :func:`resample`, shifted so it
+    starts with the first frame (files whose streams start at different times), and fitted to the frames
+    (:func:`fit_audio`: exactly ``samples_for_frames(T)`` samples, zero-padded or trimmed at the end), so it can be
+    passed straight to :func:`write_video` and stays in sync.
     """
     path = _existing(path, "video")
-    times: list[float | None] = []
+    stamps_of: dict = {}
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DataError(f"'{path}' has no video track: pass a video file")
             stream = container.streams.video[0]
             rate_in = stream.average_rate or stream.guessed_rate or stream.base_rate
-            frames, wav, audio_rate = _decode(container, video=True, times=times)
+            frames, wav, audio_rate = _decode(container, video=True, times=stamps_of)
     except av.FFmpegError as err:
         raise DataError(f"video '{path}' cannot be decoded ({err}): pass an mp4/mov/mkv file, or re-encode it with "
                         f"`ffmpeg -i '{path}' out.mp4`") from err
     if not frames:
         raise DataError(f"video '{path}' has no frames: pass a non-empty video")
     frames = np.stack(frames)
+    times = stamps_of.get("video", [])
     if rate_in is None and (None in times or len(times) < 2):
         raise DataError(f"video '{path}' has neither a frame rate nor frame timestamps: re-encode it with "
                         f"`ffmpeg -i '{path}' -r 25 out.mp4`")
@@ -450,5 +455,10 @@ def read_video_at(path: str | os.PathLike, fps: float = FPS, sample_rate: int = 
         out = convert_video_fps(frames[order], None, fps, method, times=stamps[order], end=end)
     audio = None
     if audio_rate:
-        audio = fit_audio(resample(wav, audio_rate, sample_rate), out.shape[0], sample_rate, fps)
+        audio = resample(wav, audio_rate, sample_rate)
+        audio_start = stamps_of.get("audio")
+        if audio_start is not None and None not in times:  # streams that start at different times: align them
+            shift = round((min(times) - audio_start) * sample_rate)  # > 0: the audio starts before the first frame
+            audio = audio[shift:] if shift >= 0 else np.concatenate([np.zeros(-shift, np.float32), audio])
+        audio = fit_audio(audio, out.shape[0], sample_rate, fps)
     return out, audio
