@@ -160,7 +160,10 @@ def cmd_eval(argv: list[str]) -> int:
 
         cfg = None if ns.config is None else _load(ns, overrides)
         model, cfg = load_model(ns.workdir, overrides=overrides, cfg=cfg, use_ema=ns.ema)
-        report = task.evaluate(model, cfg, [a for a in task_args if a != "--"], Path(ns.workdir))
+        from avatarjax.nn.attention import use_implementation
+
+        with use_implementation(cfg.mesh.attention):  # the attention kernel of mesh.attention, at trace time
+            report = task.evaluate(model, cfg, [a for a in task_args if a != "--"], Path(ns.workdir))
         _plot_report(report, ns.plot)
         _print(report)
         return 0
@@ -216,7 +219,10 @@ def cmd_sample(argv: list[str]) -> int:
     if sample is None:
         raise AvatarError(f"task '{cfg.task}' has no sampler")
     out = Path(ns.out or Path(ns.checkpoint) / "samples")
-    _print(sample(model, cfg, out, task_args, Path(ns.checkpoint)))
+    from avatarjax.nn.attention import use_implementation
+
+    with use_implementation(cfg.mesh.attention):  # the attention kernel of mesh.attention, at trace time
+        _print(sample(model, cfg, out, task_args, Path(ns.checkpoint)))
     return 0
 
 

@@ -254,21 +254,48 @@ class InstructAvatar(nnx.Module):
         return {"x0": x0, "pose": c["pose_pred"], "au_logits": au_logits, "intensity_logits": intensity_logits}
 
 
+def _conformer_layer_per_token(dim: int, ffn: int, kernel: int, length: int) -> float:
+    """One Conformer layer, per token: two FFNs, MHSA over ``length`` keys, the conv module."""
+    return (2 * 2 * 2 * dim * ffn  # ffn1 and ffn2, each dim -> ffn -> dim
+            + 2 * 4 * dim * dim + 2 * 2 * length * dim  # q, k, v, o projections; scores and values
+            + 2 * 3 * dim * dim + 2 * kernel * dim)  # pointwise in (dim -> 2 dim, GLU) and out; depthwise
+
+
+def _mlp(dims: list[int]) -> float:
+    return sum(2.0 * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
 def instruct_avatar_flops(cfg: InstructAvatarConfig, frames: int, text_len: int) -> float:
-    """Forward FLOPs of one sample of ``frames`` frames (matmuls and attention; norms and the depthwise conv's
-    ``2 k dim`` per frame included)."""
-    d, f = cfg.dim, cfg.ffn_dim
-    per_frame_layer = (2 * 2 * d * f  # two half FFNs (in and out each)
-                       + 2 * d * d * 2  # time and audio projections (time per sample, counted per frame: small)
-                       + 2 * 4 * d * d + 2 * 2 * frames * d  # self-attention projections + scores/values
-                       + 2 * 3 * d * d + 2 * cfg.kernel_size * d  # conv module pointwise (2d + d) + depthwise
-                       + 2 * 4 * d * d + 2 * 2 * d * 2  # key-frame attention + FiLM
-                       + (2 if cfg.two_branch else 1) * (2 * 4 * d * d + 2 * 2 * text_len * d))  # text branches
-    a = cfg.audio_encoder
-    audio_per_frame = (2 * 3 * cfg.audio_feature_dim ** 2 + 2 * cfg.audio_feature_dim * a.dim
-                       + a.num_layers * (2 * 2 * a.dim * a.ffn_dim + 2 * 4 * a.dim * a.dim + 2 * 2 * frames * a.dim
-                                         + 2 * 3 * a.dim * a.dim))
-    io = 2 * 2 * cfg.latent_dim * d + 2 * 3 * d * cfg.pose_hidden + 2 * 3 * cfg.pose_hidden ** 2
-    text = 2 * text_len * 2 * (cfg.text_dim * cfg.text_mlp_hidden + (cfg.text_mlp_layers - 1) * cfg.text_mlp_hidden ** 2
-                               + cfg.text_mlp_hidden * d)
-    return float(frames * (cfg.num_layers * per_frame_layer + audio_per_frame + io) + text)
+    """Forward FLOPs of one InstructAvatar training example: audio encoder,
+    pose head, instruction and key-frame MLPs, then the conditioned Conformer (attention to one key-frame
+    token, the pooled emotion token and ``text_len`` motion tokens; keys and values of a context once per sample).
+    """
+    d, f, t, n = cfg.dim, cfg.ffn_dim, frames, text_len
+    per_frame_layer = (2 * 2 * 2 * d * f  # ffn1 and ffn2
+                       + 2 * d * d  # audio projection
+                       + 2 * 4 * d * d + 2 * 2 * t * d  # self-attention
+                       + 2 * 3 * d * d + 2 * cfg.kernel_size * d  # conv module
+                       + 2 * 2 * d * d + 2 * 2 * 1 * d  # key-frame attention: q, o; one key
+                       + 2 * 2 * d * d  # FiLM gain and bias
+                       + 2 * 2 * d * d + 2 * 2 * 1 * d + 2 * d * d  # emotion branch: q, o, one key, zero gate
+                       + (2 * 2 * d * d + 2 * 2 * n * d + 2 * d * d if cfg.two_branch else 0))  # motion branch
+    per_sample_layer = (2 * d * d  # time projection
+                        + 2 * 2 * d * d * (1 + 1 + (n if cfg.two_branch else 0)))  # context keys and values
+    if not cfg.two_branch:  # the single branch attends to the motion tokens
+        per_frame_layer += 2 * 2 * (n - 1) * d
+        per_sample_layer += 2 * 2 * d * d * (n - 1)
+    a, feat = cfg.audio_encoder, cfg.audio_feature_dim
+    audio_per_frame = (2 * 3 * feat * feat + 2 * feat * a.dim
+                       + a.num_layers * _conformer_layer_per_token(a.dim, a.ffn_dim, a.kernel_size, t)
+                       + (2 * a.dim * d if a.dim != d else 0))
+    pose_per_frame = 2 * 3 * d * cfg.pose_hidden + 2 * 3 * cfg.pose_hidden ** 2 + 2 * cfg.pose_hidden * cfg.pose_dim
+    io_per_frame = 2 * cfg.pose_dim * d + 2 * 2 * cfg.latent_dim * d  # pose embedding, input and output
+    text_mlp = _mlp([cfg.text_dim] + [cfg.text_mlp_hidden] * cfg.text_mlp_layers + [d])
+    adapter = 2 * 2 * d * (d // cfg.adapter_reduction)
+    per_sample = (2 * (d * 4 * d) * 2  # timestep embedding
+                  + (1 + n) * (text_mlp + adapter)  # pooled emotion token, motion tokens
+                  + _mlp([cfg.latent_dim, cfg.keyframe_mlp_hidden, d])
+                  + _mlp([cfg.latent_dim, cfg.head_hidden, cfg.num_aus]) + _mlp([cfg.latent_dim, cfg.head_hidden,
+                                                                                 cfg.num_intensities]))
+    return float(t * (cfg.num_layers * per_frame_layer + audio_per_frame + pose_per_frame + io_per_frame)
+                 + cfg.num_layers * per_sample_layer + per_sample)

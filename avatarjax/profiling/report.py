@@ -12,6 +12,7 @@ from flax import nnx
 
 from avatarjax.config import Config
 from avatarjax.parallel import mesh as mesh_lib
+from avatarjax.profiling import flops as flops_lib
 from avatarjax.profiling import peak
 
 
@@ -87,7 +88,8 @@ def profile_train_step(cfg: Config, *, steps: int = 5, trace_dir: str | None = N
     step_s = statistics.median(times)
     num_devices = trainer.mesh.devices.size
     peak_tflops = peak.device_peak_tflops(trainer.mesh.devices.flat[0])
-    tflops, util = peak.mfu(trainer.flops_per_step, step_s, num_devices, peak_tflops)
+    count = flops_lib.analytic(cfg, trainer.task)
+    tflops, util = peak.mfu(count.train_step, step_s, num_devices, peak_tflops)
     xla_flops = _xla_flops(compiled)
     return {
         "task": cfg.task,
@@ -98,7 +100,11 @@ def profile_train_step(cfg: Config, *, steps: int = 5, trace_dir: str | None = N
         "batch_size": cfg.train.batch_size,
         "compile_s": compile_s,
         "step_s_median": step_s,
-        "analytic_tflop_per_step": trainer.flops_per_step / 1e12,
+        "analytic_tflop_per_step": count.train_step / 1e12,
+        "analytic_convention": "2 FLOPs per multiply-add of matmuls, convolutions and attention; causal attention "
+                               "halved; train step = 3 x forward x global batch",
+        # XLA counts a while loop's body once: scanned layer stacks appear as one layer here (see
+        # avatarjax.profiling.flops.xla_forward_flops for a count with the scans unrolled)
         "xla_tflop_per_step_per_device": None if xla_flops is None else xla_flops / 1e12,
         "tflops_per_device": tflops,
         "peak_tflops_per_device": peak_tflops,

@@ -28,7 +28,7 @@ from avatarjax.errors import AvatarError, TrainingAborted
 from avatarjax.nn.attention_kernels import use_implementation as use_attention
 from avatarjax.parallel import mesh as mesh_lib
 from avatarjax.parallel import rules as rules_lib
-from avatarjax.profiling import peak
+from avatarjax.profiling import flops as flops_lib, peak
 from avatarjax.registry import TASKS
 from avatarjax.train import optim, state as state_lib, step as step_lib
 from avatarjax.train.metrics import MetricsWriter
@@ -108,7 +108,7 @@ class Trainer:
         eval_step = step_lib.make_eval_step(cfg, self.task, self.graphdef)
         self.eval_step = jax.jit(eval_step, in_shardings=(self.state_shardings, self.batch_shardings),
                                  out_shardings=replicated)
-        self.flops_per_step = 3.0 * self.task.flops_per_example(cfg) * cfg.train.batch_size
+        self.flops_per_step = flops_lib.train_step_flops(cfg, self.task)
         self.checkpoints = CheckpointManager(self.workdir / "checkpoints", keep=cfg.checkpoint.keep,
                                              async_save=cfg.checkpoint.async_save)
 
