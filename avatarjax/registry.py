@@ -103,3 +103,5 @@ DATASETS.register("planner_sft", "avatarjax.planning.synthface_planner:PLANNER_S
 DATASETS.register("mead", "avatarjax.data.tfds.commands:MEAD_COMMANDS")
 DATASETS.register("hdtf", "avatarjax.data.tfds.commands:HDTF_COMMANDS")
 DATASETS.register("react2024", "avatarjax.data.tfds.commands:REACT2024_COMMANDS")
+DATASETS.register("talking_folders", "avatarjax.data.tfds.commands:TALKING_FOLDERS_COMMANDS")
+DATASETS.register("cc_v1", "avatarjax.data.tfds.commands:CC_V1_COMMANDS")

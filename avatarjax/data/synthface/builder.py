@@ -110,4 +110,7 @@ def load_source(data_dir: str | Path, world: WorldConfig, split: str):
             f"no synthface dataset '{world.name()}' under '{data_dir}': build it with `avatarjax data build synthface "
             f"--data_dir {data_dir} --config.num_clips={world.num_clips} --config.seed={world.seed} "
             f"--config.num_identities={world.num_identities} --config.frame_size={world.frame_size}`")
+    if split not in b.info.splits:
+        raise DataError(f"synthface dataset '{world.name()}' has no clips in split '{split}' (none of its "
+                        f"{world.num_clips} clips has a {split} identity): build more clips (--config.num_clips)")
     return b.as_data_source(split=split)
