@@ -98,7 +98,7 @@ BENCHMARKS.register("speechvideo", "avatarjax.pipelines.speech_video_bench:bench
 TASKS.register("cog_portrait_kto", "avatarjax.train.objectives.cog_portrait_kto:COG_PORTRAIT_KTO_TASK")
 DATASETS.register("cogportrait_kto", "avatarjax.train.objectives.cog_portrait_kto:KTO_RECORD_COMMANDS")
 BENCHMARKS.register("streaming", "avatarjax.pipelines.streaming:bench_streaming")
-TASKS.register("planner_sft", "avatarjax.planning.planner_sft:PLANNER_SFT_TASK")
+TASKS.register("planner_sft", "avatarjax.train.objectives.planner_sft:PLANNER_SFT_TASK")
 DATASETS.register("planner_sft", "avatarjax.planning.synthface_planner:PLANNER_SFT_COMMANDS")
 DATASETS.register("mead", "avatarjax.data.tfds.commands:MEAD_COMMANDS")
 DATASETS.register("hdtf", "avatarjax.data.tfds.commands:HDTF_COMMANDS")

@@ -8,6 +8,7 @@ stopped right after parsing, and options handled by a task, dataset action or be
 """
 
 import argparse
+import importlib.util
 import inspect
 import re
 import shlex
@@ -44,13 +45,26 @@ def all_commands():
     return [(path.name, command) for path in DOC_FILES for command in fenced_commands(path.read_text())]
 
 
+def _delegates(source: str) -> list[Path]:
+    """Source files of the avatarjax modules that ``source`` imports inside a function (where task entry points
+    hand a command over, e.g. ``eval -- --planner`` to ``planning.synthface_planner``)."""
+    files = []
+    for module in re.findall(r"^[ \t]+from (avatarjax(?:\.\w+)+) import", source, re.MULTILINE):
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            files.append(Path(spec.origin))
+    return files
+
+
 def options_in(*objects) -> set[str]:
-    """Option strings (``--x``) of every ``add_argument`` call in the source files defining ``objects``."""
+    """Option strings (``--x``) of every ``add_argument`` call in the source files defining ``objects`` and in the
+    modules they delegate to."""
     found = set()
     for obj in objects:
         source = Path(inspect.getsourcefile(obj)).read_text()
-        for group in OPTION_STRING.findall(source):
-            found.update(s for s in re.findall(r"[\"']([^\"']+)[\"']", group) if s.startswith("-"))
+        for text in [source] + [f.read_text() for f in _delegates(source)]:
+            for group in OPTION_STRING.findall(text):
+                found.update(s for s in re.findall(r"[\"']([^\"']+)[\"']", group) if s.startswith("-"))
     return found
 
 

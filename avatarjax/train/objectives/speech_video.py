@@ -414,7 +414,12 @@ def sample(model: SpeechVideoSystem, cfg, out_dir, args: list[str], checkpoint=N
 def evaluate(model: SpeechVideoSystem, cfg, args: list[str], checkpoint=None) -> dict:
     """``avatarjax eval``: turn-taking on held-out dyadic sessions (``pipelines.duplex_agent``); with
     ``-- --context-ablation`` the teacher-forced agent audio accuracy / NLL and video loss with the full context vs
-    the human side and the conditioning removed (``eval.speech_video_context``)."""
+    the human side and the conditioning removed (``eval.speech_video_context``); with ``-- --planner`` the dual
+    system's steering evaluation (``planning.synthface_planner.evaluate_planner``)."""
+    if "--planner" in args:
+        from avatarjax.planning.synthface_planner import evaluate_planner
+
+        return evaluate_planner(model, cfg, args, checkpoint)
     if "--context-ablation" in args:
         from avatarjax.eval.speech_video_context import evaluate_context
 
