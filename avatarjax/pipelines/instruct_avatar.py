@@ -31,7 +31,7 @@ from avatarjax.codecs import motion_vae
 from avatarjax.config import Config
 from avatarjax.data.synthface import render, schema
 from avatarjax.diffusion import guidance, samplers, schedules
-from avatarjax.errors import AvatarError, DataError
+from avatarjax.errors import AvatarError, ConfigError, DataError
 from avatarjax.pipelines import windowed
 from avatarjax.train.objectives import instruct_avatar as task
 from avatarjax.train.objectives.instruct_avatar import InstructAvatarSampleConfig
@@ -101,11 +101,11 @@ class InstructAvatarPipeline:
         if wave.ndim != 1:
             raise DataError(f"audio must be mono float32 [samples] at 16 kHz, got shape {wave.shape}: read files "
                             "with avatarjax.media.read_audio (it down-mixes and resamples)")
-        frames = windowed.frames_for_audio(len(wave))  # the last partial 40 ms gets a frame too
+        padded, frames = media.pad_audio_to_frames(wave, 16000)  # the last partial 40 ms gets a frame too
         if frames < MIN_FRAMES:
             raise DataError(f"the audio lasts {len(wave) / 16000:.2f} s, shorter than the {MIN_FRAMES / FPS:.2f} s "
                             "minimum: give a longer utterance")
-        return windowed.pad_audio(wave, frames, SAMPLES_PER_FRAME), True  # padded with silence, never cut
+        return padded, True  # padded with silence, never cut
 
     # -- the jitted generator ------------------------------------------------------------------------------------
     def _pose_fn(self):
@@ -221,6 +221,10 @@ class InstructAvatarPipeline:
             from avatarjax.pipelines.reaction import PoseSmoother
 
             posnet = PoseSmoother.load(posnet)
+        if posnet is not None and plan.num_windows > 1 and posnet.segment != plan.stride:
+            raise ConfigError(f"the PosNet corrects {posnet.segment}-frame segments but windows of {plan.window} "
+                              f"frames overlapping by {plan.overlap} add {plan.stride}: pass overlap="
+                              f"{plan.window - posnet.segment} (--overlap)")
         t0 = time.perf_counter()
         # identity and appearance come from the portrait for every window, never from generated frames
         appearance, keyframe = self._vae("encode")(self._vae_state, jnp.asarray(portrait[None]))
@@ -362,6 +366,16 @@ def sample_parser() -> argparse.ArgumentParser:
                                                  "text-only motion control")
     p.add_argument("--instruction", required=True, help='e.g. "talk happily" or "turn your head to the left"')
     p.add_argument("--resize", action="store_true", help="resize a portrait of another size")
+    g = p.add_argument_group("faces in the wild (portrait_prep)")
+    g.add_argument("--detect", action="store_true",
+                   help="detect the face, crop it with --margin, level the eyes and letterbox (any image size)")
+    g.add_argument("--assume-cropped", action="store_true",
+                   help="with --detect/--paste-back: the image is already a face crop (centre square, no detector)")
+    g.add_argument("--margin", type=float, default=None, help="context around the detected face (fraction of its size)")
+    g.add_argument("--paste-back", action="store_true",
+                   help="write the animated face pasted back into the original image (implies --detect); the crop "
+                        "video is written too, as NAME_crop.mp4")
+    g.add_argument("--feather", type=float, default=0.15, help="paste-back mask feather (fraction of the crop)")
     p.add_argument("--frames", type=int, default=None, help="motion-control length in frames (25 fps)")
     p.add_argument("--name", default="instructavatar.mp4", help="output file name when --out is a directory")
     p.add_argument("--vae", default=None, help="motion VAE (default: the one the model was trained with)")
@@ -404,9 +418,35 @@ def sample_command(system, cfg: Config, out, args: list[str], checkpoint: str | 
     vae_path = resolve_vae(ns.vae or cfg.data.vae, checkpoint)
     vae_model, vae_cfg = load_model(vae_path)
     pipe = InstructAvatarPipeline(system, cfg, vae_model, vae_cfg, task.read_latent_statistics(vae_path))
-    portrait = media.read_image(ns.portrait, pipe.frame_size, resize=ns.resize)
-    result = pipe.sample(portrait, ns.audio, ns.instruction, num_frames=ns.frames, **long_form_kwargs(ns))
+    return sample_files(pipe, ns, out)
+
+
+def sample_files(pipe: InstructAvatarPipeline, ns: argparse.Namespace, out, **options) -> dict:
+    """Run ``pipe`` on parsed ``sample_parser`` options and write the video (``out``: .mp4 or a directory);
+    with ``--paste-back`` the animated face is composited into the original image and the crop video is kept
+    beside it. ``options`` override the sample config (e.g. ``num_steps``)."""
+    prepared = None
+    if ns.detect or ns.paste_back:
+        from avatarjax.pipelines import portrait_prep
+
+        margin = {} if ns.margin is None else {"margin": ns.margin}
+        prepared = portrait_prep.prepare_portrait(ns.portrait, pipe.frame_size, assume_cropped=ns.assume_cropped,
+                                                  **margin)
+        portrait = prepared.image
+    else:
+        portrait = media.read_image(ns.portrait, pipe.frame_size, resize=ns.resize)
+    result = pipe.sample(portrait, ns.audio, ns.instruction, num_frames=ns.frames, **long_form_kwargs(ns),
+                         **options)
     out = Path(out)
     target = out if out.suffix else out / ns.name
-    return pipe.write(result, target)
+    if not ns.paste_back:
+        return pipe.write(result, target)
+    report = pipe.write(result, target.with_name(target.stem + "_crop" + target.suffix))
+    from avatarjax.pipelines import portrait_prep
+
+    pasted = portrait_prep.paste_back(media.read_image(ns.portrait), result.frames, prepared, feather=ns.feather)
+    media.write_video(target, pasted, fps=FPS, audio=result.audio if result.talking else None)
+    return {**report, "crop_video": report["video"], "video": str(target.absolute()),
+            "crop_box": {"centre": [float(c) for c in prepared.centre], "side": float(prepared.side),
+                         "angle": float(prepared.angle)}}
 

@@ -454,7 +454,8 @@ def sample(model: InstructAvatarSystem, cfg, out, args: list[str], checkpoint=No
 
 
 def evaluate(model: InstructAvatarSystem, cfg, args: list[str], checkpoint=None) -> dict:
-    """``avatarjax eval --checkpoint W --reader R [--clips N] [--motion-clips M] [--out report.json]``."""
+    """``avatarjax eval --checkpoint W --reader R [--clips N] [--motion-clips M] [--out report.json]``; with
+    ``--long-seconds S``: the long-form drift report (``instruct_avatar_eval.long_form_command``)."""
     import argparse
     from pathlib import Path
 
@@ -462,7 +463,10 @@ def evaluate(model: InstructAvatarSystem, cfg, args: list[str], checkpoint=None)
     from avatarjax.pipelines.instruct_avatar import InstructAvatarPipeline, resolve_vae
     from avatarjax.train.export import load_model
 
-    p = argparse.ArgumentParser(prog="avatarjax eval (instruct_avatar)")
+    if any(a == "--long-seconds" or a.startswith("--long-seconds=") for a in args):  # the long-form drift report
+        return instruct_avatar_eval.long_form_command(model, cfg, args, checkpoint)
+    p = argparse.ArgumentParser(prog="avatarjax eval (instruct_avatar)",
+                                epilog="--long-seconds S [--out DIR] [knobs]: the long-form drift report instead")
     p.add_argument("--reader", required=True, help="a face_reader workdir or export (reads the generated videos)")
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--motion-clips", type=int, default=16)
