@@ -222,9 +222,9 @@ class AdaLNResBlock(nnx.Module):
     def __init__(self, width: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm = LayerNorm(width, eps=1e-6, axis_name=None, param_dtype=param_dtype)
-        self.fc1 = Dense(width, width, axes=(None, None), **kw)
-        self.fc2 = Dense(width, width, axes=(None, None), **kw)
-        self.modulation = Dense(width, 3 * width, axes=(None, None), kernel_init=nnx.initializers.zeros, **kw)
+        self.fc1 = Dense(width, width, axes=("embed", "mlp"), **kw)
+        self.fc2 = Dense(width, width, axes=("mlp", "embed"), **kw)
+        self.modulation = Dense(width, 3 * width, axes=("embed", "mlp"), kernel_init=nnx.initializers.zeros, **kw)
 
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
         shift, scale, gate = jnp.split(self.modulation(jax.nn.silu(y)), 3, axis=-1)
@@ -240,14 +240,14 @@ class DiffusionHead(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         w = cfg.width
         self.time_dim = cfg.time_dim
-        self.time_fc1 = Dense(cfg.time_dim, w, axes=(None, None), **kw)
-        self.time_fc2 = Dense(w, w, axes=(None, None), **kw)
+        self.time_fc1 = Dense(cfg.time_dim, w, axes=(None, "embed"), **kw)
+        self.time_fc2 = Dense(w, w, axes=("embed", "mlp"), **kw)
         self.cond_proj = Dense(cond_dim, w, axes=("embed", None), **kw)
-        self.input_proj = Dense(token_dim, w, axes=(None, None), **kw)
+        self.input_proj = Dense(token_dim, w, axes=(None, "embed"), **kw)
         self.blocks = nnx.List([AdaLNResBlock(w, **kw) for _ in range(cfg.depth)])
         self.final_norm = LayerNorm(w, eps=1e-6, use_scale=False, use_bias=False, axis_name=None)
-        self.final_modulation = Dense(w, 2 * w, axes=(None, None), kernel_init=nnx.initializers.zeros, **kw)
-        self.out = Dense(w, token_dim, axes=(None, None), kernel_init=nnx.initializers.zeros, **kw)
+        self.final_modulation = Dense(w, 2 * w, axes=("embed", "mlp"), kernel_init=nnx.initializers.zeros, **kw)
+        self.out = Dense(w, token_dim, axes=("embed", None), kernel_init=nnx.initializers.zeros, **kw)
 
     def embed_condition(self, cond: jax.Array) -> jax.Array:
         """Decoder states ``[N, C]`` -> ``[N, w]`` (computed once per sampling loop)."""

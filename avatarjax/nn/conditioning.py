@@ -41,9 +41,10 @@ class FeatureMLP(nnx.Module):
                  out_axis: str | None = "embed", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         dims = [in_dim] + [hidden] * num_layers
-        self.hidden = nnx.List([Dense(a, b, axes=("embed", "mlp") if i == 0 else ("mlp", "mlp"), **kw)
+        self.hidden = nnx.List([Dense(a, b, axes=("embed", "mlp") if i % 2 == 0 else ("mlp", "embed"), **kw)
                                 for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
-        self.out = Dense(dims[-1], out_dim, axes=("mlp", out_axis), **kw)
+        # hidden layers alternate (embed, mlp) / (mlp, embed) so that no kernel names one mesh axis twice
+        self.out = Dense(dims[-1], out_dim, axes=("mlp" if num_layers % 2 else "embed", out_axis), **kw)
         self.rate = rate
 
     def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:

@@ -42,10 +42,7 @@ CASES = [(m, p) for m in CONFIGS for p in PRESETS] + [(m, "sp") for m in SEQUENC
 # Fully replicated under fsdp at or above this many elements fails the replication test.
 MIN_ELEMENTS = 4096
 # Known gaps (param path -> why), each checked to still be a gap so the list cannot go stale.
-KNOWN_REPLICATED = {
-    ("speechvideo", "net/video_head/time_fc1/kernel"):
-        "VideoHead's Dense layers use axes=(None, None) (avatarjax/models/speech_video_lm.py)",
-}
+KNOWN_REPLICATED: dict[tuple[str, str], str] = {}  # (model, parameter path) -> why it may stay replicated
 # Convolution kernels (kernel..., conv_in, conv_out): no preset maps conv_in / conv_out, so every conv weight is
 # replicated under fsdp. Allowed while that holds; the test below fails once a rule shards them.
 CONV_AXES = {"kernel", "conv_in", "conv_out"}
