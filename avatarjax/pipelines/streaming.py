@@ -24,7 +24,7 @@ frame; ``DuplexAgent`` compiles ahead, so the cold start -- model load and compi
 per-frame latency p50 / p95, the real-time factor (processing time per 40 ms frame), the steady-state frame rate
 (frames per second the agent sustains after its first frames), deadline misses, the stream time to the agent's
 first audible frame (delay pattern + jitter buffer), compile counts before and after the run, barge-in flushes
-and the device. ``--mode windowed`` measures windowed online generation instead (``InstructAvatarOnline``: each
+and the device. ``--mode windowed`` measures windowed online generation instead (``instruct_avatar.InstructAvatarOnline``: each
 window of the InstructAvatar generator made as soon as its audio has arrived; ``online_schedule`` puts the
 measured window times on the stream clock).
 """
@@ -422,81 +422,6 @@ def online_schedule(plan, compute_s: list[float], fps: int = FPS) -> dict:
             "frames": plan.num_frames, "windows": plan.num_windows, "window": plan.window, "overlap": plan.overlap}
 
 
-class InstructAvatarOnline:
-    """Windowed online generation with an ``InstructAvatarPipeline``: ``self(k)`` generates window ``k`` as soon as
-    its audio has arrived and returns its new frames uint8 ``[n, S, S, 3]`` decoded at once.
-
-    Same window plan, jitted generator (the previous window's tail re-imposed at every step), reference-portrait
-    identity and decoder as ``InstructAvatarPipeline.sample``, but causal, as a live stream must be: each window's
-    audio features and pose prediction come from its own audio, and the pose is cross-faded over the overlap and
-    Gaussian-smoothed over the frames so far only (``sample`` smooths the whole utterance's pose up front)."""
-
-    def __init__(self, pipe, portrait, wave: np.ndarray, instruction: str = "", *, window: int | None = None,
-                 overlap: int | None = None, smoothing: float = 1.5, **options):
-        import jax.numpy as jnp
-
-        from avatarjax.pipelines import windowed
-        from avatarjax.pipelines.instruct_avatar import SAMPLES_PER_FRAME
-        from avatarjax.train.objectives import instruct_avatar as task
-
-        self.pipe, self.task, self.windowed, self.spf = pipe, task, windowed, SAMPLES_PER_FRAME
-        self.opts = dataclasses.replace(pipe.cfg.sample, **options)
-        self.portrait = pipe._portrait(portrait)
-        self.wave, self.talking = pipe._audio(wave, None)
-        frames = len(self.wave) // SAMPLES_PER_FRAME
-        self.plan = pipe.plan(frames, window, overlap)
-        self.smoothing = smoothing
-        self.text = pipe.text([instruction])
-        appearance, keyframe = pipe._vae("encode")(pipe._vae_state, jnp.asarray(self.portrait[None]))
-        self.appearance, self.keyframe = appearance, (keyframe - pipe._mean) / pipe._std
-        self.generator = pipe._generator(self.opts, self.plan.window)
-        self.key = jax.random.key(self.opts.seed)
-        self.latents = np.zeros((frames, pipe.settings.net.latent_dim), np.float32)
-        self.pose = np.zeros((frames, 3), np.float32)
-
-    def batch(self, k: int) -> dict:
-        import jax.numpy as jnp
-
-        plan, w, spf = self.plan, self.plan.window, self.spf
-        start, valid = plan.starts[k], plan.valid(k)
-        clip = np.zeros(w * spf, np.float32)
-        clip[:valid * spf] = self.wave[start * spf:(start + valid) * spf]
-        batch = {"audio": jnp.asarray(clip[None]), "mask": jnp.asarray(plan.frame_mask(k)[None]),
-                 "audio_flag": jnp.array([int(self.talking)], jnp.int32), "keyframe": self.keyframe, **self.text}
-        features = self.pipe.frontend.clip_features(clip[:valid * spf])  # this window's audio only
-        if features is not None:
-            f = np.zeros((2 * w, features.shape[1]), np.float32)
-            f[:len(features)] = features
-            batch["audio_features"] = jnp.asarray(f[None])
-        return batch
-
-    def __call__(self, k: int) -> np.ndarray:
-        import jax.numpy as jnp
-
-        from avatarjax.codecs import motion_vae
-
-        pipe, plan, task = self.pipe, self.plan, self.task
-        start, valid, w = plan.starts[k], plan.valid(k), plan.window
-        batch = self.batch(k)
-        predicted = np.asarray(pipe._pose_fn()(pipe._state, batch))[0] * task.POSE_SCALE
-        plan.commit(self.pose, predicted, k)  # cross-fade over the overlap
-        pose = self.windowed.smooth_pose(self.pose[:start + valid], smoothing=self.smoothing)
-        if self.talking:
-            cond = np.zeros((w, 3), np.float32)
-            cond[:valid] = pose[start:start + valid] / task.POSE_SCALE
-            batch = {**batch, "pose": jnp.asarray(cond[None])}
-        known, known_mask = plan.known(self.latents, k)
-        wkey = jax.random.fold_in(self.key, k)
-        noise = jax.random.normal(jax.random.fold_in(wkey, 1), (1, w, self.latents.shape[1]))
-        x0, _ = self.generator(pipe._state, batch, noise, wkey, jnp.asarray(known[None]), jnp.asarray(known_mask))
-        plan.commit(self.latents, np.asarray(x0[0], np.float32), k)
-        first, end = start + plan.known_frames(k), start + valid
-        chunk = np.zeros((w, self.latents.shape[1]), np.float32)
-        chunk[:end - first] = self.latents[first:end] * np.asarray(pipe._std) + np.asarray(pipe._mean)
-        frames = motion_vae.to_uint8(pipe._vae("decode")(pipe._vae_state, self.appearance, jnp.asarray(chunk)))
-        return np.asarray(frames)[:end - first]
-
-
 def run_online(plan, run_window) -> tuple[list[np.ndarray], list[float]]:
     """Run ``run_window(k)`` for every window of ``plan`` in order: (each window's new frames, its seconds)."""
     out, seconds = [], []
@@ -516,7 +441,7 @@ def bench_windowed(argv: list[str]) -> dict:
     online generation (``InstructAvatarOnline``) of a synthface utterance with the InstructAvatar generator."""
     from avatarjax.data.synthface import identity as identity_lib, render, schema
     from avatarjax.pipelines.demo_inputs import first_heldout_identity
-    from avatarjax.pipelines.instruct_avatar import InstructAvatarPipeline
+    from avatarjax.pipelines.instruct_avatar import InstructAvatarOnline, InstructAvatarPipeline
 
     p = argparse.ArgumentParser(prog="avatarjax bench streaming --mode windowed")
     p.add_argument("--mode", default="windowed")
