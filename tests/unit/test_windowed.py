@@ -134,6 +134,10 @@ def test_seam_jumps_find_the_seams():
     motion[plan.starts[2] + plan.overlap - 1] = 5.0  # a jump where window 2 takes over
     report = windowed.seam_jumps(motion, plan)
     assert report["per_seam"][1] == 5.0 and report["seam_max"] == 5.0 and report["within_p95"] == 1.0
+    # seamless random motion: seam jumps (larger of two transitions) match the like-for-like within-chunk statistic
+    noise = np.random.default_rng(0).gamma(2.0, 1.0, 20_000)
+    fair = windowed.seam_jumps(noise, windowed.plan_windows(20_001, 64, 16))
+    assert fair["seam_p95_over_within_p95"] > 1.1 and 0.85 < fair["seam_p95_over_within_pair_p95"] < 1.15
 
 
 @pytest.fixture(scope="module")
