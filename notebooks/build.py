@@ -539,24 +539,12 @@ from flax import nnx
 
 from avatarjax.data.synthface.identity import sample_identity
 from avatarjax.data.synthface.render import render_frames
-from avatarjax.registry import TASKS
+from avatarjax.train.export import fresh_model
 
 
 def random_model(cfg, seed=0):
     \"\"\"The model of ``cfg`` with N(0, 0.05) weights: UNTRAINED.\"\"\"
-    with nnx.use_eager_sharding(False):  # outside a mesh
-        abstract = nnx.eval_shape(lambda: TASKS.get(cfg.task).build_model(cfg, nnx.Rngs(seed)))
-    graphdef, state = nnx.split(abstract)
-    rng = np.random.default_rng(seed)
-
-    def fill(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key(seed)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return jnp.asarray(rng.normal(0.0, 0.05, x.shape), x.dtype)
-        return jnp.zeros(x.shape, x.dtype)
-
-    return nnx.merge(graphdef, jax.tree.map(fill, state))
+    return fresh_model(cfg, seed, init="normal")
 
 
 dac_cfg = load_config(REPO / "configs/dac/synthface_tiny.py",

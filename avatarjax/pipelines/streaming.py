@@ -46,6 +46,7 @@ import numpy as np
 
 from avatarjax.errors import ConfigError, DataError
 from avatarjax.pipelines.duplex_agent import FPS, REAL_TALK_DB
+from avatarjax.train.export import fresh_model
 
 FRAME_MS = 1000.0 / FPS
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -336,32 +337,6 @@ def scripted_human(frames: int, samples_per_frame: int, sample_rate: int, onset:
 # ------------------------------------------------------------------------------------------------- bench
 
 
-def _fresh(cfg, seed: int, init: str = "model"):
-    """A freshly initialised model of ``cfg``: ``init='model'`` runs its own initialisers (one compiled program,
-    not one eager program per parameter shape); ``'normal'`` fills every float parameter with N(0, 0.05) from
-    numpy (no compilation at all: for quick tests; latency does not depend on the values)."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from avatarjax.registry import TASKS
-
-    build = lambda: TASKS.get(cfg.task).build_model(cfg, nnx.Rngs(seed))  # noqa: E731
-    with nnx.use_eager_sharding(False):
-        graphdef, abstract = nnx.split(nnx.eval_shape(build))
-        if init == "model":
-            return nnx.merge(graphdef, jax.jit(lambda: nnx.split(build())[1])())
-    rng = np.random.default_rng(seed)
-
-    def fill(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key(seed)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return jnp.asarray(rng.normal(0.0, 0.05, x.shape), x.dtype)
-        return jnp.zeros(x.shape, x.dtype)
-
-    return nnx.merge(graphdef, jax.tree.map(fill, abstract))
-
-
 def _codec(path: str, task: str, fresh_config: Path, overrides: list[str], seed: int, init: str,
            notes: list[str]):
     """A codec from ``path`` if it exists, else a freshly initialised one of ``fresh_config`` (latency only)."""
@@ -372,7 +347,7 @@ def _codec(path: str, task: str, fresh_config: Path, overrides: list[str], seed:
         return load_codec(path, task), str(Path(path).absolute())
     notes.append(f"{task}: freshly initialised {fresh_config.relative_to(CONFIGS.parent)} {' '.join(overrides)} "
                  f"(no checkpoint at '{path}'; random weights: latency only)")
-    return _fresh(load_config(fresh_config, overrides), seed, init), f"fresh init ({init}; random weights)"
+    return fresh_model(load_config(fresh_config, overrides), seed, init), f"fresh init ({init}; random weights)"
 
 
 def _load_avg() -> float | None:
@@ -548,7 +523,7 @@ def bench_streaming(argv: list[str]) -> dict:
         weights = str(Path(ns.checkpoint).absolute())
     else:
         cfg = load_config(ns.config, rest)
-        model = _fresh(cfg, ns.seed, ns.init)
+        model = fresh_model(cfg, ns.seed, ns.init)
         weights = f"fresh init ({ns.init}; random weights: latency only, the agent's speech is noise)"
     if cfg.task != "speech_video":
         raise ConfigError(f"{ns.checkpoint or ns.config} is a '{cfg.task}' model: pass a speech_video config or LM")

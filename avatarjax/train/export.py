@@ -39,6 +39,29 @@ def _flat(state) -> dict[str, nnx.Variable]:
     return {"/".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
 
 
+def fresh_model(cfg, seed: int = 0, init: str = "model") -> nnx.Module:
+    """A freshly initialised model of ``cfg``: ``init='model'`` runs its own initialisers (one compiled program,
+    not one eager program per parameter shape); ``'normal'`` fills every float parameter with N(0, 0.05) from
+    numpy (no compilation at all: for quick tests, notebooks and latency benchmarks). UNTRAINED weights."""
+    from avatarjax.registry import TASKS
+
+    build = lambda: TASKS.get(cfg.task).build_model(cfg, nnx.Rngs(seed))  # noqa: E731
+    with nnx.use_eager_sharding(False):
+        graphdef, abstract = nnx.split(nnx.eval_shape(build))
+        if init == "model":
+            return nnx.merge(graphdef, jax.jit(lambda: nnx.split(build())[1])())
+    rng = np.random.default_rng(seed)
+
+    def fill(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key(seed)
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.asarray(rng.normal(0.0, 0.05, x.shape), x.dtype)
+        return jnp.zeros(x.shape, x.dtype)
+
+    return nnx.merge(graphdef, jax.tree.map(fill, abstract))
+
+
 def is_export(path: str | Path) -> bool:
     return (Path(path) / META_FILE).exists()
 
