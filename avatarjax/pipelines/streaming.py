@@ -411,6 +411,15 @@ def run_online(plan, run_window) -> tuple[list[np.ndarray], list[float]]:
     return out, seconds
 
 
+def _parse_with_overrides(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``p``'s options, and the ``--config.*`` overrides left over (anything else is an error)."""
+    ns, rest = p.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--config.")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    return ns, rest
+
+
 def bench_windowed(argv: list[str]) -> dict:
     """``avatarjax bench streaming --mode windowed [--checkpoint GEN] [--frames 250] [--out R.json]``: windowed
     online generation (``InstructAvatarOnline``) of a synthface utterance with the InstructAvatar generator."""
@@ -429,10 +438,7 @@ def bench_windowed(argv: list[str]) -> dict:
     p.add_argument("--instruction", default="talk happily")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
-    ns, rest = p.parse_known_args(argv)
-    bad = [a for a in rest if not a.startswith("--config.")]
-    if bad:
-        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    ns, rest = _parse_with_overrides(p, argv)
     load_start = _load_avg()
     t0 = time.perf_counter()
     pipe = InstructAvatarPipeline.load(ns.checkpoint, overrides=tuple(rest))
@@ -505,10 +511,7 @@ def bench_streaming(argv: list[str]) -> dict:
     p.add_argument("--warmup-frames", type=int, default=10, help="frames left out of the steady-state fps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
-    ns, rest = p.parse_known_args(argv)
-    bad = [a for a in rest if not a.startswith("--config.")]
-    if bad:
-        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    ns, rest = _parse_with_overrides(p, argv)
     if ns.frames < 2:
         raise ConfigError(f"--frames {ns.frames}: a stream needs at least 2 frames")
     notes: list[str] = []

@@ -17,6 +17,7 @@ from avatarjax.errors import DataError
 from avatarjax.planning import dual_system as DS
 from avatarjax.planning import llm as L
 from avatarjax.planning import synthface_planner as SP
+from tests.unit.test_planning import Scripted  # a backend returning scripted replies
 
 WORLD = SP.world_request(11, 2, 5, 150, "eval")
 
@@ -87,19 +88,6 @@ def test_transcript_lines_and_no_future_leak():
             DS.parse_utterance(bad)
 
 
-class _Scripted:
-    """A backend returning scripted replies (a string per call), recording the messages it got."""
-
-    name = "scripted"
-
-    def __init__(self, replies):
-        self.replies, self.seen = list(replies), []
-
-    def complete(self, messages, *, seed=0):
-        self.seen.append(messages)
-        return self.replies.pop(0)
-
-
 def _observe(planner, upto, start=0):
     for i in range(start, upto + 1):
         planner.observe(SimpleNamespace(index=i, video=None, face_state=np.zeros(24, np.float32)), None,
@@ -108,7 +96,7 @@ def _observe(planner, upto, start=0):
 
 def test_planner_applies_at_the_next_boundary_drops_stale_and_malformed():
     good = json.dumps(_plan_dict())
-    backend = _Scripted([good, "not json at all", json.dumps(_plan_dict(prompt="")), good])
+    backend = Scripted([good, "not json at all", json.dumps(_plan_dict(prompt="")), good])
     planner = DS.AsyncPlanner(backend, request={"task": "dual_plan"})
     _observe(planner, 30)
     plan = planner.plan_now()  # context ends at frame 30: covers 31..105
@@ -140,7 +128,7 @@ def test_planner_applies_at_the_next_boundary_drops_stale_and_malformed():
 
 def test_planner_wall_clock_staleness_and_backend_failure():
     now = [0.0]
-    planner = DS.AsyncPlanner(_Scripted([json.dumps(_plan_dict())]), clock=lambda: now[0])
+    planner = DS.AsyncPlanner(Scripted([json.dumps(_plan_dict())]), clock=lambda: now[0])
     _observe(planner, 10)
     planner.plan_now()
     now[0] = 3.5  # the request is older than the 3 s horizon
@@ -158,7 +146,7 @@ def test_planner_wall_clock_staleness_and_backend_failure():
 
 
 def test_a_plan_for_a_previous_dialogue_is_dropped():
-    class Restarting(_Scripted):
+    class Restarting(Scripted):
         def complete(self, messages, *, seed=0):
             planner(0)  # the stream restarted while the backend was thinking
             return super().complete(messages, seed=seed)
