@@ -43,8 +43,9 @@ class FeatureMLP(nnx.Module):
         dims = [in_dim] + [hidden] * num_layers
         self.hidden = nnx.List([Dense(a, b, axes=("embed", "mlp") if i % 2 == 0 else ("mlp", "embed"), **kw)
                                 for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
-        # hidden layers alternate (embed, mlp) / (mlp, embed) so that no kernel names one mesh axis twice
-        self.out = Dense(dims[-1], out_dim, axes=("mlp" if num_layers % 2 else "embed", out_axis), **kw)
+        # hidden layers alternate (embed, mlp) / (mlp, embed) so that no kernel names one logical axis twice
+        last = "mlp" if num_layers % 2 else "embed"
+        self.out = Dense(dims[-1], out_dim, axes=(last if last != out_axis else None, out_axis), **kw)
         self.rate = rate
 
     def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
