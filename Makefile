@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install demo demo-train demo-lm test test-fast bench clean
+.PHONY: install demo demo-train demo-lm test test-fast bench bench-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,8 +50,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
+# Every model's benchmark in a fresh process (ours vs its PyTorch reference, TFLOP/s, MFU, memory, scan vs loop):
+# bench.json, bench.md (table) and bench.png (MFU and ratio per model) in outputs/bench/. A benchmark, not a test:
+# run it on an idle machine (or a GPU). bench-quick is a smoke run of the same.
 bench: $(STAMP)
-	$(BIN)/avatarjax bench trainer
+	$(BIN)/avatarjax bench all --out outputs/bench/bench.json
+
+bench-quick: $(STAMP)
+	$(BIN)/avatarjax bench all --quick --out outputs/bench/quick.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -855,7 +855,9 @@ BENCH_CONFIGS = {
 def bench_dac(argv: list[str]) -> dict:
     """``avatarjax bench dac [--config small|paper] [--seconds S] [--repeats N]``: encode and decode real-time
     factors (seconds of compute per second of audio; < 1 is faster than real time) of our jitted codec and of
-    the plain-torch reference forward at the same config and weights, and their ratio, in one run."""
+    the plain-torch reference forward at the same config and weights, and their ratio, in one run; and one AdamW
+    generator step (L1 reconstruction + commitment + codebook losses, no discriminator) ours against the reference
+    on ``--train-seconds`` of audio, with TFLOP/s, MFU and memory of ours. ``--quick``: a smoke run."""
     import argparse
     import tempfile
 
@@ -865,8 +867,15 @@ def bench_dac(argv: list[str]) -> dict:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--train-seconds", type=float, default=0.5, help="audio per example of the training step")
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--quick", action="store_true")
     ns = p.parse_args(argv)
+    if ns.quick:
+        ns.seconds, ns.repeats, ns.train_seconds, ns.train_batch = 0.5, 2, 0.25, 2
     import torch
+
+    from avatarjax.bench import harness
 
     from avatarjax.checkpoint.convert import from_pretrained
     from avatarjax.codecs import dac_torch_reference as ref
@@ -906,7 +915,33 @@ def bench_dac(argv: list[str]) -> dict:
         out[f"{name}_rtf"] = round(t / audio_seconds, 4)
     out["encode_speedup_vs_torch"] = round(times["torch_encode"] / times["encode"], 3)
     out["decode_speedup_vs_torch"] = round(times["torch_decode"] / times["decode"], 3)
+    train_audio = (0.3 * np.random.default_rng(1).standard_normal(
+        (ns.train_batch, int(ns.train_seconds * cfg.sample_rate)))).astype(np.float32)
+
+    def loss(m, a):
+        o = m(a)
+        return jnp.mean(jnp.abs(o["audio"] - a)) + jnp.mean(o["commitment"]) + jnp.mean(o["codebook"])
+
+    def ref_loss(m, a):
+        o = m(a[:, None])
+        return (torch.mean(torch.abs(o["audio"][:, 0] - a)) + o["vq/commitment_loss"].mean()
+                + o["vq/codebook_loss"].mean())
+
+    ours = harness.jax_train_step(model, loss, (train_audio,), ns.repeats)
+    reference = harness.torch_train_step(_reference_train_mode(reference), ref_loss, (train_audio,), ns.repeats)
+    side = harness.compare_train("dac", ours, reference, "torch DAC (released layout)",
+                                 note=f"AdamW generator step, batch {ns.train_batch} x {ns.train_seconds} s")
+    out["train_vs_torch"] = side["detail"]
+    out["summary"] = [side["summary"]]
     return out
+
+
+def _reference_train_mode(reference):
+    """The reference in training mode with its quantizer dropout off (ours runs the step without a dropout key)."""
+    reference.train()
+    if hasattr(reference.quantizer, "quantizer_dropout"):
+        reference.quantizer.quantizer_dropout = 0.0
+    return reference
 
 
 def iter_chunks(codes: np.ndarray, size: int) -> Iterator[np.ndarray]:

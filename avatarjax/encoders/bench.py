@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
+
+from avatarjax.bench import harness
 
 ENCODER_MODULES = ("avatarjax.encoders.clip_text", "avatarjax.encoders.bert", "avatarjax.encoders.wav2vec2",
                    "avatarjax.encoders.umt5", "avatarjax.encoders.qwen2")
@@ -33,13 +33,7 @@ class BenchCase:
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return harness.median_seconds(fn, repeats)
 
 
 def bench_encoders(args: list[str]) -> dict:
@@ -47,7 +41,10 @@ def bench_encoders(args: list[str]) -> dict:
     p.add_argument("--only", default="", help="comma-separated case names")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 repeats")
     ns = p.parse_args(args)
+    if ns.quick:
+        ns.repeats = 2
     import torch
 
     if ns.threads:
@@ -71,5 +68,11 @@ def bench_encoders(args: list[str]) -> dict:
             if case.per > 1:
                 results[case.name].update({f"ours_ms_per_{case.unit}": ours_s * 1e3 / case.per,
                                            f"pytorch_ms_per_{case.unit}": ref_s * 1e3 / case.per})
-    return {"device": str(jax.devices()[0]), "torch_threads": torch.get_num_threads(), "cases": results,
+    summary = [harness.row(f"encoder {name}", ratio=r.get("speedup_vs_pytorch"), train_ms_ours=r.get("ours_ms"),
+                           train_ms_ref=r.get("pytorch_ms"), reference="transformers" if "ours_ms" in r else None,
+                           status="failed" if "error" in r else None,
+                           note=r.get("error") or f"forward only (frozen encoder). {r.get('note', '')}".strip())
+               for name, r in results.items()]
+    return {"summary": summary, "device": str(jax.devices()[0]), "torch_threads": torch.get_num_threads(),
+            "cases": results,
             "goal": "speedup_vs_pytorch >= 1 for forwards; >= 2 for the Qwen2 decode step"}

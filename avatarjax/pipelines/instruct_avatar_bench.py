@@ -5,13 +5,15 @@
 - Sampling: ``--steps`` DDIM steps for ``--seconds`` of video with the small config, (a) all steps in one jitted
   ``lax.scan`` (what the pipeline runs) and (b) a Python loop calling a jitted single denoising step, as a ratio.
   Latency is reported per second of generated video (real-time factor).
+- Side by side with PyTorch: one AdamW training step of the Conformer stack (the small config's denoiser size:
+  FFN/2, MHSA, depthwise-conv module with BatchNorm, FFN/2) ours jitted against the released code's torch layers
+  (:class:`avatarjax.bench.torch_refs.Conformer`) at the same shapes, in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import jax
@@ -19,44 +21,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from avatarjax.bench import harness
 from avatarjax.config import load_config
 from avatarjax.diffusion import samplers, schedules
-from avatarjax.parallel import mesh as mesh_lib
-from avatarjax.profiling.peak import device_peak_tflops, mfu
 
 CONFIGS = {"small": "configs/instructavatar/synthface_small.py", "paper": "configs/instructavatar/paper.py"}
 
 
-def _train_step(path: str, batch: int, window: int, steps: int) -> dict:
-    from avatarjax.train.loop import Trainer
-
-    cfg = load_config(path, [f"--config.train.batch_size={batch}", f"--config.data.synthface.window={window}",
-                             "--config.log.progress=false", "--config.log.tensorboard=false",
-                             "--config.train.compute_dtype=float32"])
-    with tempfile.TemporaryDirectory() as workdir:
-        trainer = Trainer(cfg, workdir)
-        try:
-            with trainer._context():
-                state = trainer.init_state()
-                data = mesh_lib.shard_batch(trainer.task.example_batch(cfg, batch), trainer.mesh, trainer.rules)
-                t0 = time.perf_counter()
-                state, metrics = trainer.train_step(state, data)
-                jax.block_until_ready(metrics)
-                compile_s = time.perf_counter() - t0
-                times = []
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    state, metrics = trainer.train_step(state, data)
-                    jax.block_until_ready(metrics)
-                    times.append(time.perf_counter() - t0)
-        finally:
-            trainer.checkpoints.close()
-    step_s = statistics.median(times)
-    peak = device_peak_tflops()
-    tflops, util = mfu(trainer.flops_per_step, step_s, jax.device_count(), peak)
-    return {"config": path, "params": trainer.num_params, "batch": batch, "window_frames": window,
-            "first_step_s": round(compile_s, 2), "step_ms": round(step_s * 1e3, 1),
-            "tflops_per_device": round(tflops, 4), "mfu": round(util, 4), "peak_tflops": round(peak, 3)}
+def _train_step(path: str, batch: int, window: int, steps: int, overrides: list[str] = ()) -> dict:
+    out = harness.trainer_step(path, [f"--config.data.synthface.window={window}",
+                                      "--config.train.compute_dtype=float32", *overrides], batch=batch, steps=steps)
+    return dict(out, window_frames=window)
 
 
 def _sampling(path: str, seconds: float, steps: int, repeats: int) -> dict:
@@ -121,8 +96,44 @@ def _sampling(path: str, seconds: float, steps: int, repeats: int) -> dict:
             "max_abs_diff_scan_vs_loop": float(jnp.abs(a - b).max())}
 
 
+def _conformer_side_by_side(dim: int, layers: int, heads: int, ffn: int, kernel: int, batch: int, frames: int,
+                            repeats: int, threads: int) -> dict:
+    import torch
+
+    from avatarjax.bench import torch_refs
+    from avatarjax.nn.conformer import Conformer, ConformerConfig
+
+    harness.set_torch_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, frames, dim)).astype(np.float32)
+    y = rng.standard_normal((batch, frames, dim)).astype(np.float32)
+    mask = np.ones((batch, frames), bool)
+    mask[: batch // 2, frames - frames // 4:] = False  # half the batch padded, as in training
+    cfg = ConformerConfig(dim=dim, num_layers=layers, num_heads=heads, ffn_dim=ffn, kernel_size=kernel, dropout=0.0,
+                          conv_norm="batch")
+    with nnx.use_eager_sharding(False):
+        model = Conformer(cfg, dim, rngs=nnx.Rngs(0))
+
+    def loss(m, x, y, mask):
+        return jnp.mean(jnp.square(m(x, mask, None, True) - y) * mask[..., None])
+
+    ours = harness.jax_train_step(model, loss, (x, y, mask), repeats)
+    torch.manual_seed(0)
+    ref_model = torch_refs.Conformer(dim, dim, layers, heads, ffn, kernel, dropout=0.0)
+
+    def ref_loss(m, x, y, mask):
+        return torch.mean(torch.square(m(x, mask) - y) * mask[..., None])
+
+    ref = harness.torch_train_step(ref_model, ref_loss, (x, y, mask), repeats)
+    out = harness.compare_train("instructavatar conformer", ours, ref, "torch Conformer (torchaudio layout)")
+    out["detail"]["shape"] = [batch, frames, dim]
+    out["detail"].update(layers=layers, kernel=kernel)
+    return out
+
+
 def bench_instructavatar(args: list[str]) -> dict:
-    p = argparse.ArgumentParser(prog="avatarjax bench instructavatar")
+    p = argparse.ArgumentParser(prog="avatarjax bench instructavatar",
+                                epilog="--config.x=v overrides go to the training-step configs")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per config")
     p.add_argument("--small-batch", type=int, default=16)
     p.add_argument("--paper-batch", type=int, default=2, help="the paper's 32 is beyond a CPU; set it on a GPU")
@@ -131,11 +142,38 @@ def bench_instructavatar(args: list[str]) -> dict:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-paper", action="store_true")
-    ns = p.parse_args(args)
+    p.add_argument("--skip-reference", action="store_true", help="no PyTorch Conformer side by side")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny batch, few steps, no paper config")
+    ns, overrides = p.parse_known_args(args)
+    bad = [a for a in overrides if not a.startswith("--config.")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    if ns.quick:
+        ns.steps, ns.small_batch, ns.ddim_steps, ns.seconds, ns.repeats, ns.skip_paper = 2, 2, 5, 1.0, 2, True
     small = load_config(CONFIGS["small"])
     report = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-              "train": [_train_step(CONFIGS["small"], ns.small_batch, small.data.synthface.window, ns.steps)]}
+              "train": [_train_step(CONFIGS["small"], ns.small_batch, small.data.synthface.window, ns.steps,
+                                  overrides)]}
     if not ns.skip_paper:
-        report["train"].append(_train_step(CONFIGS["paper"], ns.paper_batch, ns.paper_window, max(2, ns.steps // 3)))
+        report["train"].append(_train_step(CONFIGS["paper"], ns.paper_batch, ns.paper_window, max(2, ns.steps // 3),
+                                           overrides))
     report["sampling"] = _sampling(CONFIGS["small"], ns.seconds, ns.ddim_steps, ns.repeats)
+    net = small.model.net
+    side = None
+    if not ns.skip_reference:
+        side = _conformer_side_by_side(net.dim, net.num_layers, net.num_heads, net.ffn_dim, net.kernel_size,
+                                       ns.small_batch, small.data.synthface.window, max(ns.repeats, ns.steps),
+                                       ns.threads)
+        report["conformer_vs_pytorch"] = side["detail"]
+    main = report["train"][0]
+    report["summary"] = [
+        harness.row("instructavatar", train_ms_ours=main["step_ms"], tflops=main["tflops_per_device"],
+                    mfu=main["mfu"], memory_gib=main.get("memory_gib"),
+                    sampling_speedup=report["sampling"]["loop_over_scan"],
+                    note="full task step (small config); no PyTorch reference of the whole model")]
+    if side is not None:
+        report["summary"].append(dict(side["summary"], sampling_speedup=None,
+                                      note=f"AdamW step of the {net.num_layers}-layer Conformer stack, "
+                                           f"[{ns.small_batch}, {small.data.synthface.window}, {net.dim}]"))
     return report

@@ -127,10 +127,51 @@ class PoseSmoother:
 
 
 # -------------------------------------------------------------------------------------------------- benchmark
+def _posnet_side_by_side(model, cfg, batch: int, repeats: int, threads: int, frames: int, rng) -> tuple[dict, dict]:
+    """One AdamW step ours vs the released torch PosNet, and ``correct_sequence`` (one scan) vs a Python loop of
+    per-segment jitted calls."""
+    import torch
+
+    from avatarjax.bench import harness, torch_refs
+    from avatarjax.models.posnet import correct_sequence, posnet_flops
+
+    harness.set_torch_threads(threads)
+    last = rng.normal(size=(batch, cfg.pose_dim)).astype(np.float32)
+    pose = rng.normal(size=(batch, cfg.segment, cfg.pose_dim)).astype(np.float32)
+    target = rng.normal(size=pose.shape).astype(np.float32)
+    ours = harness.jax_train_step(model, lambda m, a, b, y: jnp.mean(jnp.square(m(a, b) - y)), (last, pose, target),
+                                  repeats)
+    torch.manual_seed(0)
+    ref = torch_refs.PosNet(cfg.pose_dim, cfg.segment, cfg.hidden, cfg.kernel_size)
+    reference = harness.torch_train_step(ref, lambda m, a, b, y: torch.mean(torch.square(m(a, b) - y)),
+                                         (last, pose, target), repeats)
+    side = harness.compare_train("posnet", ours, reference, "torch PosNet (released layout)",
+                                 flops=3 * batch * posnet_flops(cfg))
+    graphdef, state = nnx.split(model)
+    segments = max(frames // cfg.segment, 2)
+    track = jnp.asarray(rng.normal(size=(1, segments * cfg.segment, cfg.pose_dim)), jnp.float32)
+    scanned = jax.jit(lambda s, x: correct_sequence(nnx.merge(graphdef, s), x))
+    window = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))
+
+    def looped():
+        segs = [track[:, i * cfg.segment:(i + 1) * cfg.segment] for i in range(segments)]
+        out = [segs[0]]
+        for seg in segs[1:]:
+            out.append(window(state, out[-1][:, -1], seg))
+        return jnp.concatenate(out, axis=1)
+
+    sampling = harness.scan_vs_loop(lambda: scanned(state, track), looped, repeats)
+    sampling["segments"] = segments
+    return side, sampling
+
+
 def bench_posnet(args: list[str]) -> dict:
-    """``avatarjax bench posnet [--hidden 512] [--segment 25] [--repeats 200]``: PosNet latency per window (batch
-    1, jitted, the streaming case) and the online-smoothing cost per second of generated video (10 reactions of a
-    30 s REACT clip through ``PoseSmoother.smooth``), on a randomly initialised released-size PosNet."""
+    """``avatarjax bench posnet [--hidden 512] [--segment 25] [--repeats 200] [--quick]``: PosNet latency per window
+    (batch 1, jitted, the streaming case), the online-smoothing cost per second of generated video (10 reactions of
+    a 30 s REACT clip through ``PoseSmoother.smooth``), the online correction as one ``lax.scan`` against a Python
+    loop of per-window jitted calls, and one AdamW training step (MSE to a target pose, ``--train-batch``) ours
+    jitted against the released torch PosNet at the same size, in one run; randomly initialised released-size
+    PosNet."""
     import argparse
     import time
 
@@ -142,7 +183,12 @@ def bench_posnet(args: list[str]) -> dict:
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--reactions", type=int, default=10)
     p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="smoke run: few repeats, short clip")
     ns = p.parse_args(args)
+    if ns.quick:
+        ns.repeats, ns.reactions, ns.seconds, ns.train_batch, ns.hidden = 5, 2, 4.0, 8, 128
     cfg = PosNetConfig(hidden=ns.hidden, segment=ns.segment)
     with nnx.use_eager_sharding(False):
         model = PosNet(cfg, rngs=nnx.Rngs(0))
@@ -168,7 +214,12 @@ def bench_posnet(args: list[str]) -> dict:
         runs.append(time.perf_counter() - t0)
     per_window_ms = float(np.median(times) * 1e3)
     smooth_s = float(np.median(runs))
-    return {"device": jax.devices()[0].device_kind, "hidden": ns.hidden, "segment": ns.segment,
+    side, sampling = _posnet_side_by_side(model, cfg, ns.train_batch, max(3, ns.repeats // 20), ns.threads,
+                                          frames, rng)
+    summary = [dict(side["summary"], sampling_speedup=sampling["speedup"],
+                    note=f"AdamW step, batch {ns.train_batch}; sampling: online correction of {frames} frames")]
+    return {"summary": summary, "train_vs_pytorch": side["detail"], "online_correction_scan_vs_loop": sampling,
+            "device": jax.devices()[0].device_kind, "hidden": ns.hidden, "segment": ns.segment,
             "flops_per_window": posnet_flops(cfg), "window_latency_ms_median": per_window_ms,
             "window_latency_ms_p90": float(np.percentile(times, 90) * 1e3),
             "goal_window_under_1ms": per_window_ms < 1.0,

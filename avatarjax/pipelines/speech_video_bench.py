@@ -7,6 +7,9 @@
   preallocated cache) against transformers' ``Qwen2Model`` with the same dimensions doing the same block with its
   ``DynamicCache``, eager PyTorch as Hugging Face's ``generate`` runs it. The full-frame ratio is reported too;
   there ours does strictly more work (heads and the diffusion sampling loop).
+- Training, same run: the task's full training step of the config (the trainer's jitted step: TFLOP/s, MFU,
+  compiled memory), and one AdamW step of the backbone on ``--train-frames`` frames of token blocks (causal, MSE on
+  the hidden states) ours against ``Qwen2Model`` with the same dimensions.
 - The analytic FLOPs per frame of the ``paper`` config (8B-class backbone) at 240 frames of context, and the
   frame budget at 24 fps (the paper's 42 ms target).
 """
@@ -21,6 +24,8 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+
+from avatarjax.bench import harness
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "speechvideo"
 
@@ -43,7 +48,15 @@ def bench_speechvideo(argv: list[str]) -> dict:
     p.add_argument("--config", default=str(CONFIGS / "synthface_small.py"))
     p.add_argument("--frames", type=int, default=40, help="timed frames after the compiling one")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--train-frames", type=int, default=16, help="frames per sequence of the backbone training step")
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke run: the tiny config, few frames and steps")
     ns = p.parse_args(argv)
+    if ns.quick:
+        ns.config, ns.frames = str(CONFIGS / "synthface_tiny.py"), 4
+        ns.train_frames, ns.train_batch, ns.train_steps = 4, 2, 2
     if ns.threads:
         torch.set_num_threads(ns.threads)
     cfg = load_config(ns.config, [])
@@ -100,7 +113,12 @@ def bench_speechvideo(argv: list[str]) -> dict:
 
     paper_net = load_config(str(CONFIGS / "paper.py"), []).model.net
     ours_ms, ref_ms = 1e3 * statistics.median(ours), 1e3 * statistics.median(reference)
+    training = summary = None
+    if not ns.skip_train:
+        training, summary = _training(ns, net, hf)
     return {
+        "summary": summary or [],
+        "training": training,
         "device": jax.devices()[0].platform,
         "config": ns.config, "tokens_per_frame": block, "backbone": {"dim": b.dim, "layers": b.num_layers},
         "params": svlm.param_count(c),
@@ -115,3 +133,32 @@ def bench_speechvideo(argv: list[str]) -> dict:
                   "inference_gflops_per_frame_ctx240": svlm.flops_per_frame(paper_net, 240, training=False) / 1e9,
                   "target_ms_per_frame": 42.0},
     }
+
+
+def _training(ns, net, hf) -> tuple[dict, list[dict]]:
+    """The task's full training step, and the backbone's AdamW step ours vs ``Qwen2Model`` (same dimensions)."""
+    import torch
+
+    full = harness.trainer_step(ns.config, steps=ns.train_steps)
+    b = net.cfg.backbone
+    length = ns.train_frames * net.cfg.tokens_per_frame
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((ns.train_batch, length, b.dim)).astype(np.float32)
+    y = rng.standard_normal(x.shape).astype(np.float32)
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (ns.train_batch, length)).copy()
+
+    def loss(m, x, y, positions):
+        import jax.numpy as jnp
+
+        return jnp.mean(jnp.square(m.hidden_states_from_embeddings(x, positions) - y))
+
+    ours = harness.jax_train_step(net.backbone, loss, (x, y, positions), ns.train_steps)
+    reference = harness.torch_train_step(
+        hf, lambda m, x, y: torch.mean(torch.square(m(inputs_embeds=x, use_cache=False).last_hidden_state - y)),
+        (x, y), ns.train_steps)
+    side = harness.compare_train("speechvideo backbone", ours, reference, "transformers Qwen2Model",
+                                 note=f"AdamW step, [{ns.train_batch}, {length}, {b.dim}] embeddings")
+    rows = [harness.row("speechvideo", train_ms_ours=full["step_ms"], tflops=full["tflops_per_device"],
+                        mfu=full["mfu"], memory_gib=full["memory_gib"],
+                        note=f"full task step, {Path(ns.config).name}, batch {full['batch']}"), side["summary"]]
+    return {"task_step": full, "backbone_vs_transformers": side["detail"]}, rows

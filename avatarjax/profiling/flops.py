@@ -105,12 +105,16 @@ def unrolled_scans() -> Iterator[None]:
         jax.lax.scan = original
 
 
-def xla_flops(lowered_or_compiled) -> float:
-    """``flops`` of XLA's cost analysis (of a ``jax.stages.Lowered`` or ``Compiled``)."""
-    cost = lowered_or_compiled.cost_analysis()
+def xla_flops(lowered_or_compiled) -> float | None:
+    """``flops`` of XLA's cost analysis (of a ``jax.stages.Lowered`` or ``Compiled``); None where the backend
+    gives no cost analysis or counts nothing."""
+    try:
+        cost = lowered_or_compiled.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
+    return float((cost or {}).get("flops", 0.0)) or None
 
 
 def xla_forward_flops(cfg, task=None) -> float:

@@ -16,7 +16,7 @@ from avatarjax.profiling import flops as flops_lib
 from avatarjax.profiling import peak
 
 
-def _memory(compiled) -> dict[str, float]:
+def memory_report(compiled) -> dict[str, float]:
     try:
         m = compiled.memory_analysis()
     except Exception:  # not every backend reports memory
@@ -33,16 +33,6 @@ def _memory(compiled) -> dict[str, float]:
     }
     out["peak_estimate_gib"] = out["argument_gib"] + out["output_gib"] + out["temp_gib"] - out["alias_gib"]
     return out
-
-
-def _xla_flops(compiled) -> float | None:
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:
-        return None
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    return float(cost.get("flops", 0.0)) if cost else None
 
 
 def param_sharding_table(trainer, limit: int = 12) -> list[dict]:
@@ -90,7 +80,7 @@ def profile_train_step(cfg: Config, *, steps: int = 5, trace_dir: str | None = N
     peak_tflops = peak.device_peak_tflops(trainer.mesh.devices.flat[0])
     count = flops_lib.analytic(cfg, trainer.task)
     tflops, util = peak.mfu(count.train_step, step_s, num_devices, peak_tflops)
-    xla_flops = _xla_flops(compiled)
+    xla_flops = flops_lib.xla_flops(compiled)
     return {
         "task": cfg.task,
         "device": str(trainer.mesh.devices.flat[0].device_kind),
@@ -109,7 +99,7 @@ def profile_train_step(cfg: Config, *, steps: int = 5, trace_dir: str | None = N
         "tflops_per_device": tflops,
         "peak_tflops_per_device": peak_tflops,
         "mfu": util,
-        "memory_per_device": _memory(compiled),
+        "memory_per_device": memory_report(compiled),
         "largest_params": param_sharding_table(trainer),
         "trace_dir": trace_dir,
     }

@@ -187,7 +187,10 @@ VIDEO_TOKENIZER_TASK = Task(name="video_tokenizer", model_config=vt.VideoTokeniz
 def bench_video_tokenizer(argv: list[str]) -> dict:
     """``avatarjax bench video_tokenizer [--config FILE] [--frames 24] [--batch 1] [--repeats 5]
     [--config.model.x=v ...]``: jitted encode and decode throughput of a randomly initialised tokenizer on this
-    machine, in frames per second and as a real-time factor against 24 fps video (> 1: faster than real time)."""
+    machine, in frames per second and as a real-time factor against 24 fps video (> 1: faster than real time),
+    and the task's full training step of the config (TFLOP/s, MFU, compiled memory; ``--train-steps 0`` skips it).
+    ``--quick``: the tiny config, 4 frames, 2 repeats. No PyTorch reference runs here (TiTok's release is a
+    checkpoint format, converted by ``avatarjax convert titok``)."""
     import argparse
     import time
 
@@ -202,7 +205,12 @@ def bench_video_tokenizer(argv: list[str]) -> dict:
     p.add_argument("--frames", type=int, default=24, help="frames per encoded clip (one second at 24 fps)")
     p.add_argument("--batch", type=int, default=1, help="clips per call")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--train-steps", type=int, default=5, help="timed steps of the training-step benchmark (0: skip)")
+    p.add_argument("--quick", action="store_true")
     ns = p.parse_args(rest)
+    if ns.quick:
+        ns.config = str(Path(ns.config).with_name("synthface_tiny.py"))
+        ns.frames, ns.repeats, ns.train_steps = 4, 2, 2
     cfg = load_config(ns.config, overrides)
     mcfg = cfg.model
     with nnx.use_eager_sharding(False):
@@ -236,4 +244,14 @@ def bench_video_tokenizer(argv: list[str]) -> dict:
                         "compile_s": compile_s}
     both = 1.0 / (1.0 / result["encode"]["frames_per_second"] + 1.0 / result["decode"]["frames_per_second"])
     result["encode_decode_realtime_factor_24fps"] = both / 24.0
+    if ns.train_steps > 0:
+        from avatarjax.bench import harness
+
+        train = harness.trainer_step(ns.config, overrides, steps=ns.train_steps)
+        result["train"] = train
+        result["summary"] = [harness.row(
+            "video_tokenizer", train_ms_ours=train["step_ms"], tflops=train["tflops_per_device"], mfu=train["mfu"],
+            memory_gib=train["memory_gib"],
+            note=f"full task step, {Path(ns.config).name}, batch {train['batch']}; no PyTorch reference; "
+                 f"encode+decode {result['encode_decode_realtime_factor_24fps']:.2f}x real time")]
     return result
