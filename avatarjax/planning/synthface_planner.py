@@ -439,18 +439,23 @@ def evaluate_planner(model, cfg, args: list[str], checkpoint=None, agent=None) -
                     ok = np.isfinite(dp) & np.isfinite(dq)
                     if ok.sum() > 2 and np.std(dp[ok]) > 0 and np.std(dq[ok]) > 0:
                         per[x]["pitch_corr"].append(float(np.corrcoef(dp[ok], dq[ok])[0, 1]))
+            else:  # no plan applied in this session: keep the per-session lists aligned for paired differences
+                per[x]["pitch_osc"].append(np.nan)
+                per[x]["smile"].append(np.nan)
     mean = lambda v: round(float(np.nanmean(v)), 4) if len(v) else None  # noqa: E731
     table = {x: {k: mean(v) for k, v in d.items()} for x, d in per.items()}
     out: dict = {"sessions": n_sessions, "frames": frames, "agent_behaviour": table,
                  "steerable": DS.steerable(agent)}
     if "nod" in per and "still" in per and per["nod"]["pitch_osc"] and per["still"]["pitch_osc"]:
         diff = np.asarray(per["nod"]["pitch_osc"]) - np.asarray(per["still"]["pitch_osc"])
-        out["nod_minus_still_pitch_osc"] = {"mean": round(float(diff.mean()), 4),
+        diff = diff[np.isfinite(diff)]  # sessions where both intents applied a plan
+        out["nod_minus_still_pitch_osc"] = {"mean": round(float(diff.mean()), 4) if diff.size else None,
                                             "sessions_in_intended_direction": int((diff > 0).sum()),
                                             "of": int(diff.size)}
     if "smile" in per and "still" in per and per["smile"]["smile"] and per["still"]["smile"]:
         diff = np.asarray(per["smile"]["smile"]) - np.asarray(per["still"]["smile"])
-        out["smile_minus_still_smile"] = {"mean": round(float(diff.mean()), 4),
+        diff = diff[np.isfinite(diff)]
+        out["smile_minus_still_smile"] = {"mean": round(float(diff.mean()), 4) if diff.size else None,
                                           "sessions_in_intended_direction": int((diff > 0).sum()),
                                           "of": int(diff.size)}
     stats = {}
