@@ -9,6 +9,17 @@ encoded into the first latent slot and kept clean; the other slots start from no
 inside one jit, conditional and unconditional passes batched in one forward; ``guidance`` is ``dynamic`` (the
 paper's trapezoid x eye-region Gaussian), ``static`` (one scale) or ``none``.
 
+Any length (``sample``): audio of any duration gives exactly one frame per 40 ms (``media.frames_for_audio``).
+The utterance's keypoints are planned once (``apply_knobs`` / ``smoothing`` act on the whole trajectory) and
+sliced per window; windows of the training clip length (``1 + 4k`` frames) overlap in latent time
+(``windowed.plan_latent_windows``). In every window the portrait's latent is the clean first slot (identity always
+comes from the portrait, never from generated frames) and the portrait's keypoints the first pose frame; the
+window's first ``overlap / 4`` content latents are the previous window's committed tail, forward-noised to the
+current flow time and re-imposed before every network call inside the one jitted sampler
+(``windowed.replacement_denoise``), then cross-faded into the new prediction. Each window's new frames are decoded
+with its overlap as causal context, optionally colour-anchored to the portrait, and cut to the exact length.
+One progress bar runs over windows x steps.
+
 Evaluation (``evaluate``) on held-out synthface clips with ground-truth keypoints: the generated video is read
 back with a trained synthface face reader and scored with AU-F1, AU-Temp and Eye-LMD, next to the same scores of
 the VAE's own reconstruction of the true clip (the ceiling the DiT can reach through this VAE).
@@ -34,8 +45,10 @@ from avatarjax.data.synthface.records import audio_float
 from avatarjax.diffusion import flow, flow_samplers, guidance
 from avatarjax.errors import ConfigError, DataError
 from avatarjax.eval import au as au_metrics, landmarks
+from avatarjax.pipelines import windowed
 from avatarjax.train.objectives import cog_portrait as task
 
+COMPRESSION = 4  # the Wan VAE's temporal stride: a latent slot after the first holds 4 frames
 
 
 @dataclasses.dataclass
@@ -79,7 +92,9 @@ class CogPortraitPipeline:
         schedule = make_schedule(opts.num_steps, opts.shift)
         graphdef = self._graphdef
 
-        def run(state, cond, noise, clean_latent, gaussian):
+        def run(state, cond, noise, clean_latent, gaussian, known, known_mask):
+            """``known [1, F', h, w, z]`` / ``known_mask`` bool ``[F']``: latents continued from the previous window
+            (all False: plain generation), re-imposed at every step noised to the step's flow time."""
             dit = nnx.merge(graphdef, state)
             clean_mask = flow.first_frame_mask(*noise.shape[1:4])[..., None]
             if opts.guidance == "none":
@@ -90,6 +105,7 @@ class CogPortraitPipeline:
                 fn = (guidance.dynamic_cfg_velocity(velocity_pair, gaussian, opts.dynamic)
                       if opts.guidance == "dynamic" else guidance.static_cfg_velocity(velocity_pair, opts.static_scale))
                 progress = True
+            fn = windowed.replacement_denoise(fn, windowed.forward_noise_fn("flow"), known, known_mask, noise)
             sample = flow_samplers.unipc_sample if opts.sampler == "unipc" else flow_samplers.euler_sample
             return sample(fn, schedule, noise, takes_progress=progress, clean_mask=clean_mask,
                           clean_latent=clean_latent)
@@ -111,10 +127,7 @@ class CogPortraitPipeline:
         ``audio`` float32 16 kHz ``[F * 640]`` (None = silence); ``options`` override the ``sample`` config."""
         opts = dataclasses.replace(self.cfg.sample, **options)
         size = self.frame_size
-        portrait = np.asarray(portrait)
-        if portrait.shape != (size, size, 3) or portrait.dtype != np.uint8:
-            raise DataError(f"the portrait is {portrait.dtype} {portrait.shape}; the model expects uint8 "
-                            f"({size}, {size}, 3)")
+        portrait = self._check_portrait(portrait)
         keypoints = np.asarray(keypoints, np.float32)
         frames = len(keypoints)
         if keypoints.ndim != 3 or frames < 5 or (frames - 1) % 4:
@@ -138,17 +151,178 @@ class CogPortraitPipeline:
         clean = jnp.zeros(shape, jnp.float32).at[:, :1].set(jnp.asarray(reference[None]))
         gaussian = self.eye_gaussian(keypoints, shape[1:4], opts.dynamic.kappa)
         noise = jax.random.normal(jax.random.key(opts.seed), shape, jnp.float32)
-        latents = self._sampler(opts, shape)(self._state, cond, noise, clean, gaussian)
+        latents = self._sampler(opts, shape)(self._state, cond, noise, clean, gaussian, jnp.zeros(shape, jnp.float32),
+                                             jnp.zeros(shape[1], bool))
         video = np.asarray(self._decode(self._vae_state, latents))[0]
         elapsed = time.perf_counter() - t0
         info = {"frames": frames, "wall_s": round(elapsed, 3), "sampler": opts.sampler, "steps": opts.num_steps,
                 "guidance": opts.guidance}
         return Generated(frames=video, latents=np.asarray(latents[0]), info=info)
 
+    # -- any length -----------------------------------------------------------------------------------------------
+    def plan(self, num_frames: int, window: int | None = None, overlap: int | None = None) -> windowed.LatentWindows:
+        """Windows for ``num_frames``: ``window`` frames (default the training clip, ``1 + 4k``) overlapping by
+        ``overlap`` frames (a multiple of 4; default 4 per 4 latents of the window, at least 4)."""
+        window = window or self.cfg.data.synthface.window
+        content = (window - 1) // COMPRESSION
+        if overlap is None:
+            overlap = COMPRESSION * max(1, content // 4) if content > 1 else 0
+        return windowed.plan_latent_windows(num_frames, window, overlap, COMPRESSION)
+
+    def steps_per_window(self, **options) -> int:
+        return dataclasses.replace(self.cfg.sample, **options).num_steps
+
+    def sample(self, portrait: np.ndarray, keypoints: np.ndarray, audio: np.ndarray | None = None,
+               instruction: str = "", *, window: int | None = None, overlap: int | None = None,
+               smoothing: float = 0.0, anchor_colours: bool = False, reference_keypoints: np.ndarray | None = None,
+               portrait_keypoints: np.ndarray | None = None, progress: bool | None = None, **options) -> Generated:
+        """Generate for audio of any length. ``portrait`` uint8 ``[S, S, 3]``; ``keypoints`` normalised
+        ``[T, K, 2]`` for the whole utterance (at least one per 40 ms of audio; extra frames are cut); ``audio``
+        float32 16 kHz mono of any length (None: ``T`` frames of silence); ``options`` override the ``sample``
+        config (sampler, num_steps, shift, guidance, seed...).
+
+        ``window`` / ``overlap`` (frames, see ``plan``); ``smoothing``: Gaussian sigma (frames) over the keypoint
+        trajectory, 0 = off; ``anchor_colours``: match each chunk's face colours to the portrait's;
+        ``reference_keypoints``: the portrait's keypoints when ``keypoints`` drive another face (aligned by thin-plate
+        spline); ``portrait_keypoints``: the keypoints drawn in every window's reference pose frame (default: the
+        first frame's); ``progress``: the bar (None = when attached to a terminal). Returns ``Generated`` with
+        ``frames [num_frames, S, S, 3]`` and the content ``latents [n, h, w, z]`` (normalised)."""
+        from avatarjax import media
+
+        opts = dataclasses.replace(self.cfg.sample, **options)
+        size = self.frame_size
+        portrait = self._check_portrait(portrait)
+        keypoints = np.asarray(keypoints, np.float32)
+        if keypoints.ndim != 3 or keypoints.shape[-1] != 2 or len(keypoints) < 1:
+            raise DataError(f"keypoints have shape {keypoints.shape}: expected [frames, K, 2] (normalised x, y)")
+        if audio is None:
+            frames = len(keypoints)
+            wave = np.zeros(frames * schema.SAMPLES_PER_FRAME, np.float32)
+        else:
+            audio = np.asarray(audio, np.float32)
+            if audio.ndim != 1 or len(audio) == 0:
+                raise DataError(f"the audio has shape {audio.shape}: pass mono 16 kHz samples (media.read_audio "
+                                "resamples and downmixes files)")
+            wave, frames = media.pad_audio_to_frames(audio, schema.SAMPLE_RATE, schema.FPS)
+            if len(keypoints) < frames:
+                raise DataError(f"the keypoints cover {len(keypoints)} frames but the audio needs {frames} (one per "
+                                f"40 ms, {frames / schema.FPS:.2f} s): plan keypoints for the whole audio")
+            keypoints = keypoints[:frames]
+        if reference_keypoints is not None:
+            keypoints = pose_video.align_to_reference(keypoints, reference_keypoints)
+        if smoothing > 0:
+            keypoints = windowed.gaussian_smooth(keypoints.reshape(frames, -1), smoothing).reshape(keypoints.shape)
+        rest_kps = keypoints[0] if portrait_keypoints is None else np.asarray(portrait_keypoints, np.float32)
+        lw = self.plan(frames, window, overlap)
+        plan, wf, c = lw.plan, lw.window_frames, lw.compression
+        t0 = time.perf_counter()
+        reference = self.latents.encode(portrait[None])  # [1, h, w, z]: identity, every window
+        shape = (1, 1 + plan.window) + reference.shape[1:]
+        text = self.text([instruction])
+        clean = jnp.zeros(shape, jnp.float32).at[:, :1].set(jnp.asarray(reference[None]))
+        sampler = self._sampler(opts, shape)
+        key = jax.random.key(opts.seed)
+        content = np.zeros((plan.num_frames,) + reference.shape[1:], np.float32)  # committed content latents
+        bar = windowed.WindowProgress(plan.num_windows, opts.num_steps, desc="cogportrait",
+                                      disable=None if progress is None else not progress)
+        try:
+            for k in range(plan.num_windows):
+                kps, clip = self._window_inputs(lw, k, keypoints, rest_kps, wave)
+                cond = {"text": jnp.asarray(text["text_tokens"]), "text_mask": jnp.asarray(text["text_mask"]),
+                        "audio": task.audio_features(jnp.asarray(clip[None])),
+                        "pose": jnp.asarray(self.latents.encode(pose_video.render_pose_video(kps, size))[None])}
+                gaussian = self.eye_gaussian(kps, shape[1:4], opts.dynamic.kappa)
+                known, known_mask = plan.known(content, k)
+                known = np.concatenate([np.zeros_like(known[:1]), known])[None]  # slot 0: the (clean) reference
+                known_mask = np.concatenate([[False], known_mask])
+                noise = jax.random.normal(jax.random.fold_in(key, k), shape, jnp.float32)
+                out = sampler(self._state, cond, noise, clean, gaussian, jnp.asarray(known), jnp.asarray(known_mask))
+                plan.commit(content, np.asarray(out[0, 1:], np.float32), k)
+                first, end = lw.chunk(k)
+                bar.window_done(end - first)
+        finally:
+            bar.close()
+        video = self._decode_chunks(lw, reference, content, portrait if anchor_colours else None)
+        elapsed = time.perf_counter() - t0
+        info = {"frames": frames, "seconds": frames / schema.FPS, "audio_samples": len(wave),
+                "wall_s": round(elapsed, 3), "real_time_factor": round(elapsed / (frames / schema.FPS), 3),
+                "windows": plan.num_windows, "window": wf, "overlap": lw.overlap_frames,
+                "window_starts": [lw.frame_start(k) for k in range(plan.num_windows)],
+                "progress_total": bar.total, "smoothing": smoothing, "anchor_colours": anchor_colours,
+                "sampler": opts.sampler, "steps": opts.num_steps, "guidance": opts.guidance}
+        return Generated(frames=video, latents=content, info=info)
+
+    def _check_portrait(self, portrait) -> np.ndarray:
+        size = self.frame_size
+        portrait = np.asarray(portrait)
+        if portrait.shape != (size, size, 3) or portrait.dtype != np.uint8:
+            raise DataError(f"the portrait is {portrait.dtype} {portrait.shape}; the model expects uint8 "
+                            f"({size}, {size}, 3)")
+        return portrait
+
+    @staticmethod
+    def _window_inputs(lw: windowed.LatentWindows, k: int, keypoints: np.ndarray, rest_kps: np.ndarray,
+                       wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Window ``k``'s keypoints ``[W, K, 2]`` (frame 0: the portrait's; past the end: the last frame held) and
+        audio ``[W * 640]`` (silence past the end)."""
+        start, wf, spf = lw.frame_start(k), lw.window_frames, schema.SAMPLES_PER_FRAME
+        idx = np.minimum(np.arange(start, start + wf), len(keypoints) - 1)
+        kps = keypoints[idx].copy()
+        kps[0] = rest_kps
+        clip = np.zeros(wf * spf, np.float32)
+        part = wave[start * spf:(start + wf) * spf]
+        clip[:len(part)] = part
+        return kps, clip
+
+    def _decode_chunks(self, lw: windowed.LatentWindows, reference: np.ndarray, content: np.ndarray,
+                       anchor: np.ndarray | None) -> np.ndarray:
+        """Decode each window's new frames from ``[reference, the window's committed latents]`` (one shape, one
+        compiled decoder; the overlap gives the causal decoder its context), colour-anchored to ``anchor``."""
+        plan, size = lw.plan, self.frame_size
+        region = windowed.face_region(size) if anchor is not None else None
+        out = np.zeros((lw.num_frames, size, size, 3), np.uint8)
+        for k in range(plan.num_windows):
+            first, end = lw.chunk(k)
+            if end <= first:
+                continue
+            start = plan.starts[k]
+            z = np.zeros((1 + plan.window,) + content.shape[1:], np.float32)
+            z[0] = reference[0]
+            z[1:1 + plan.valid(k)] = content[start:start + plan.valid(k)]
+            frames = np.asarray(self._decode(self._vae_state, jnp.asarray(z[None])))[0]
+            offset = lw.frame_start(k)
+            frames = frames[first - offset:end - offset]
+            out[first:end] = windowed.anchor_colours(frames, anchor, region) if anchor is not None else frames
+        return out
+
     def reconstruct(self, video: np.ndarray) -> np.ndarray:
         """The VAE's own round trip of a true clip (the ceiling the DiT sees through this VAE)."""
         z = self.latents.encode(video)
         return np.asarray(self._decode(self._vae_state, jnp.asarray(z[None])))[0]
+
+
+# --------------------------------------------------------------------------------------------------------- knobs
+def apply_knobs(controls: np.ndarray, *, head_motion_scale: float = 1.0, expression_scale: float = 1.0,
+                lip_only: bool = False, rest: np.ndarray | None = None) -> np.ndarray:
+    """The control knobs on a 17-channel control track ``[T, 17]`` (``planning.controls`` order: 10 AUs, 4 gaze,
+    3 head pose), before the mapping layer turns it into keypoints. ``rest`` ``[17]``: the portrait's controls
+    (default: the first frame's). ``head_motion_scale`` scales the head pose about the portrait's,
+    ``expression_scale`` the AUs about the portrait's (clipped to the AU range), ``lip_only`` holds the head at the
+    portrait's pose (the lips follow the audio; eyes and brows still move). Gaze is left as planned."""
+    from avatarjax.planning import controls as C
+
+    values = np.asarray(controls, np.float32).copy()
+    if values.ndim != 2 or values.shape[1] != C.NUM_CHANNELS:
+        raise DataError(f"controls have shape {values.shape}: expected [frames, {C.NUM_CHANNELS}]")
+    rest = values[0] if rest is None else np.asarray(rest, np.float32)
+    au, pose = C.AU_SLICE, C.POSE_SLICE
+    if expression_scale != 1.0:
+        values[:, au] = np.clip(rest[au] + expression_scale * (values[:, au] - rest[au]), C.LOW[au], C.HIGH[au])
+    if lip_only:
+        values[:, pose] = rest[pose]
+    elif head_motion_scale != 1.0:
+        values[:, pose] = rest[pose] + head_motion_scale * (values[:, pose] - rest[pose])
+    return values  # the defaults leave the track untouched
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

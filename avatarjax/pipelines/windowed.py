@@ -25,6 +25,11 @@ decoded chunk's per-channel colour mean/std inside the face region to the portra
 the whole utterance before generation (``smooth_pose``: a Gaussian of strength ``smoothing`` frames, or a trained
 PosNet via ``avatarjax.pipelines.reaction.PoseSmoother``); ``head_motion_scale``/``lip_only`` act on that pose.
 
+Latent time. For a causal video VAE (Wan: 1 latent for frame 0, then 1 per 4 frames) the windows run over the
+content latents after a reference slot (``plan_latent_windows`` / ``LatentWindows``) and replacement uses the
+generator's own forward process (``forward_noise_fn("flow")`` for rectified flow); see
+``avatarjax.pipelines.cog_portrait``.
+
 Progress. ``WindowProgress``: one tqdm bar over all windows x sampler steps with an ETA and the real-time factor so
 far, updated between windows (the compiled loop itself is not interrupted).
 
@@ -159,6 +164,13 @@ class LatentWindows:
 
     def chunks(self) -> list[tuple[int, int]]:
         return [self.chunk(k) for k in range(self.plan.num_windows)]
+
+    def frame_plan(self) -> WindowPlan:
+        """The content windows in video frames (window ``k``: frames from ``1 + c starts[k]``, its cross-faded
+        prefix the first ``c overlap``), for the frame-unit measures (``seam_jumps``)."""
+        c = self.compression
+        return WindowPlan(self.num_frames, c * self.plan.window, c * self.plan.overlap,
+                          tuple(1 + c * s for s in self.plan.starts))
 
 
 def plan_latent_windows(num_frames: int, window: int, overlap: int, compression: int = 4) -> LatentWindows:

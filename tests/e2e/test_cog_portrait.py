@@ -37,7 +37,8 @@ def test_train_and_sample_from_keypoints_and_label(trained):
     result = json.loads(out.stdout)
     assert result["frames"] == 9 and Path(result["video"]).stat().st_size > 0
     # The form: the variant's config names the model (weights), task options among the command's own, and
-    # the clip is as long as the audio (13 frames = 0.52 s at 25 fps; 14 frames of audio round down to 1 + 4k).
+    # the video is exactly as long as the audio, one frame per 40 ms (14 frames = 0.56 s at 25 fps, generated in
+    # overlapping windows of the training clip length).
     import soundfile
 
     wav = root / "speech.wav"
@@ -48,11 +49,11 @@ def test_train_and_sample_from_keypoints_and_label(trained):
                     "look slightly left, then lower the head", "--audio", str(wav), "--out", str(root / "drowsy.mp4"))
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
-    assert result["frames"] == 13 and result["guidance"] == "dynamic"
+    assert result["frames"] == 14 and result["guidance"] == "dynamic" and result["windows"] > 1
     plan = json.loads(Path(result["plan"]).read_text())
     assert "critic" in plan
-    assert np.load(root / "drowsy.keypoints.npy").shape == (13, 62, 2)
-    assert np.asarray(json.loads(Path(result["keypoints"]).read_text())["keypoints"]).shape == (13, 62, 2)
+    assert np.load(root / "drowsy.keypoints.npy").shape == (14, 62, 2)
+    assert np.asarray(json.loads(Path(result["keypoints"]).read_text())["keypoints"]).shape == (14, 62, 2)
 
 
 def test_sample_without_checkpoint_or_weights_fails_clearly():

@@ -338,86 +338,117 @@ def _pipeline(model, cfg):
     return CogPortraitPipeline(model, cfg)
 
 
-def _frames_for_audio(samples: int) -> int:
-    """The longest 1 + 4k frame count the audio covers (at least 5: the DiT's smallest clip)."""
-    frames = samples // schema.SAMPLES_PER_FRAME
-    if frames < 5:
-        raise DataError(f"the audio is {samples / schema.SAMPLE_RATE:.2f} s long: CogPortrait needs at least 5 frames "
-                        f"({5 / schema.FPS:.2f} s); give a longer --audio")
-    return 1 + 4 * ((frames - 1) // 4)
+def _extend(track: np.ndarray, frames: int) -> np.ndarray:
+    """``track [T, ...]`` to ``frames`` frames, mirrored back and forth past its end (continuous, no jump)."""
+    if frames <= len(track):
+        return track[:frames]
+    period = max(1, 2 * (len(track) - 1))
+    idx = np.arange(frames) % period
+    return track[np.where(idx < len(track), idx, period - idx)]
 
 
 def sample(model: CogPortraitSystem, cfg, out, args: list[str], checkpoint=None) -> dict:
     """``avatarjax sample --config configs/cogportrait/V.py|--checkpoint W [--out OUT.mp4] [--label drowsiness
-    --instruction TEXT]
-    [--portrait IMG --reference-identity N] [--audio WAV] [--clip N] [--frames F] [--guidance dynamic|static|none]``.
+    --instruction TEXT] [--portrait IMG] [--audio WAV] [--clip N] [--frames F] [--guidance dynamic|static|none]
+    [--window 17 --overlap 4] [--smoothing S] [--anchor-colours] [--head-motion-scale A] [--expression-scale E]
+    [--lip-only]``.
 
-    With ``--label``, Stage 1 (``planning.plan_to_keypoints``) plans the keypoints, which are aligned to the
-    portrait by thin-plate spline; the plan and critic log are written beside the video. Without it, the keypoints,
-    portrait, audio and instruction of held-out synthface clip ``--clip`` are used."""
+    Any length: the video has one frame per 40 ms of ``--audio`` (the last partial one included), generated in
+    overlapping windows of ``--window`` frames (default the training clip) each continuing the previous one's tail
+    (``pipelines.cog_portrait.CogPortraitPipeline.sample``). With ``--label``, Stage 1 plans the controls for the
+    whole utterance once; without it, the motion of held-out synthface clip ``--clip`` (mirrored back and forth
+    when the audio is longer) with its portrait, audio and instruction as defaults. The knobs act on the 17
+    controls before they become keypoints (``apply_knobs``), ``--smoothing`` on the keypoint trajectory."""
     import argparse
 
     from avatarjax import media
+    from avatarjax.pipelines import cog_portrait as pipeline_lib
+    from avatarjax.pipelines import windowed
 
     p = argparse.ArgumentParser(prog="avatarjax sample (cog_portrait)")
     p.add_argument("--label", default=None, help="Stage 1 label, e.g. drowsiness, happiness, thinking")
     p.add_argument("--instruction", default=None, help="fine-grained instruction (Stage 1) / text prompt")
     p.add_argument("--portrait", default=None, help="portrait image (the model's frame size); default: the clip's")
-    p.add_argument("--audio", default=None, help="driving audio (wav/mp4); default: the clip's")
+    p.add_argument("--audio", default=None, help="driving audio (wav/mp4, any length); default: the clip's")
     p.add_argument("--clip", type=int, default=0, help="held-out synthface clip giving the defaults")
     p.add_argument("--frames", type=int, default=None,
-                   help="1 + 4k frames (default: as long as --audio, else the training window)")
+                   help="video frames (default: one per 40 ms of --audio, else the training window)")
     p.add_argument("--guidance", default=None, choices=("dynamic", "static", "none"))
+    p.add_argument("--window", type=int, default=None, help="window frames, 1 + 4k (default: the training clip)")
+    p.add_argument("--overlap", type=int, default=None, help="overlap frames, a multiple of 4 (default 4 per 16)")
+    p.add_argument("--smoothing", type=float, default=0.0, help="Gaussian sigma (frames) on the keypoints; 0 = off")
+    p.add_argument("--anchor-colours", action="store_true", help="match each chunk's face colours to the portrait")
+    p.add_argument("--head-motion-scale", type=float, default=1.0, help="head motion about the portrait's pose")
+    p.add_argument("--expression-scale", type=float, default=1.0, help="AU motion about the portrait's")
+    p.add_argument("--lip-only", action="store_true", help="hold the head at the portrait's pose")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     ns = p.parse_args(args)
     pipe = _pipeline(model, cfg)
     data = cfg.data
     record = source(data.synthface, "eval")[ns.clip]
     size = data.synthface.frame_size
+    spf = schema.SAMPLES_PER_FRAME
     given_audio = media.read_audio(ns.audio) if ns.audio else None
-    frames = ns.frames or (_frames_for_audio(len(given_audio)) if given_audio is not None
+    if given_audio is not None and not len(given_audio):
+        raise DataError(f"--audio '{ns.audio}' holds no samples: give a recording at least one frame (40 ms) long")
+    if ns.frames is not None and ns.frames < 1:
+        raise DataError(f"--frames {ns.frames}: need at least 1")
+    frames = ns.frames or (media.frames_for_audio(len(given_audio), schema.SAMPLE_RATE) if given_audio is not None
                            else data.synthface.window)
+    if given_audio is not None:
+        audio = media.fit_audio(given_audio, frames, schema.SAMPLE_RATE)
+    else:
+        clip_audio = audio_float(record["audio"])
+        audio = np.resize(clip_audio, frames * spf).astype(np.float32) if len(clip_audio) else \
+            np.zeros(frames * spf, np.float32)
     count = keypoint_count(cfg)
-    start = 0
-    truth_kps, truth_state = window_truth(record, start, frames, count)
-    video, _ = render_truth(record, truth_kps, truth_state, size)
     ident = identity_lib.Identity.from_vector(np.asarray(record["identity_vector"]))
-    portrait = media.read_image(ns.portrait, size) if ns.portrait else video[0]
-    audio = given_audio if given_audio is not None else audio_float(record["audio"])
-    audio = np.resize(audio, frames * schema.SAMPLES_PER_FRAME).astype(np.float32) if len(audio) else audio
+    state = _extend(np.asarray(record["state"], np.float32), frames)
+    portrait = media.read_image(ns.portrait, size) if ns.portrait else render.render_frames(ident, state[:1],
+                                                                                             size=size)[0]
     instruction = ns.instruction if ns.instruction is not None else json.loads(record["instructions"])[0]
+    knobs = dict(head_motion_scale=ns.head_motion_scale, expression_scale=ns.expression_scale, lip_only=ns.lip_only)
     out = Path(out or "outputs/cogportrait/sample.mp4")
     extra = {}
-    reference = None
     if ns.label:
         from avatarjax.planning import agents
         from avatarjax.planning import keypoints as planning_keypoints
 
-        plan, log, kps = agents.plan_to_keypoints(ns.label, ns.instruction, frames / schema.FPS)
-        kps = np.concatenate([kps, np.repeat(kps[-1:], max(0, frames - len(kps)), 0)])[:frames]
-        basis = agents.resolve_basis(agents.Stage1Config.from_any(None).basis)
+        if count > 62:
+            raise ConfigError("--label plans the 62 eye-region keypoints: use a model with data.keypoints=eye_region")
+        plan, seq, log = agents.compile_label(ns.label, ns.instruction, frames / schema.FPS)
+        log["controls"] = seq.to_dict()
         neutral_controls = schema.neutral_state(1)[:, schema.CONTROL_SLICE]
+        controls = pipeline_lib.apply_knobs(seq.values, rest=neutral_controls[0], **knobs)
+        controls = np.concatenate([controls, np.repeat(controls[-1:], max(0, frames - len(controls)), 0)])[:frames]
+        basis = agents.resolve_basis(agents.Stage1Config.from_any(None).basis)
+        kps = planning_keypoints.controls_to_keypoints(controls, basis)
         neutral = planning_keypoints.controls_to_keypoints(neutral_controls, basis)[0]
         reference = geometry.keypoints(ident, schema.neutral_state(1))[0, :62]
         kps = pose_video.align_to_reference(kps, reference, neutral=neutral)
-        if count > 62:
-            raise ConfigError("--label plans the 62 eye-region keypoints: use a model with data.keypoints=eye_region")
         plan_path = out.with_suffix(".plan.json")
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(json.dumps({"plan": plan.to_dict() if hasattr(plan, "to_dict") else str(plan),
                                          "critic": log}, indent=2, default=str))
         extra["plan"] = str(plan_path.absolute())
     else:
-        kps = truth_kps
+        state = state.copy()
+        state[:, schema.CONTROL_SLICE] = pipeline_lib.apply_knobs(state[:, schema.CONTROL_SLICE], **knobs)
+        kps = geometry.keypoints(ident, state)[:, :count].astype(np.float32)
     options = {"guidance": ns.guidance} if ns.guidance else {}
-    result = pipe.generate(portrait, kps, audio, instruction, **options)
+    result = pipe.sample(portrait, kps, audio, instruction, window=ns.window, overlap=ns.overlap,
+                         smoothing=ns.smoothing, anchor_colours=ns.anchor_colours, progress=ns.progress, **options)
     media.write_video(out, result.frames, fps=schema.FPS, audio=audio, sample_rate=schema.SAMPLE_RATE)
     np.save(out.with_suffix(".keypoints.npy"), kps)
     keypoints_json = out.with_suffix(".keypoints.json")
     keypoints_json.write_text(json.dumps({"layout": f"synthface {kps.shape[1]} keypoints (geometry.py)",
                                           "units": "normalised image x, y", "fps": schema.FPS,
                                           "keypoints": np.round(kps, 5).tolist()}))
+    lw = pipe.plan(frames, ns.window, ns.overlap)
+    seams = windowed.seam_jumps(windowed.frame_motion(result.frames, windowed.face_region(size)), lw.frame_plan()) \
+        if frames > 1 else {}
     return {"video": str(out.absolute()), "keypoints": str(keypoints_json.absolute()), "instruction": instruction,
-            **result.info, **extra}
+            **result.info, **knobs, "seams": {k: v for k, v in seams.items() if k != "per_seam"}, **extra}
 
 
 def evaluate(model: CogPortraitSystem, cfg, args: list[str], checkpoint=None) -> dict:
