@@ -9,6 +9,8 @@ A clip record (one segment of a clip; see ``avatarjax.data.preprocess.video`` fo
     emotion int32 (index in synthface schema.EMOTIONS, -1 unknown), intensity int32 (1-3, 0 unknown),
     label text, kind text ("talking"), audio_flag int32, instructions text (JSON list), split text,
     au float32 [T, K] (only with an AU extractor)
+    wav2vec2, wav2vec2_hidden, motion_latent, appearance_latent, dac_codes, dac_frame_rate, video_latents
+    (only with ``--config.features``; shapes in ``avatarjax.data.tfds.features``)
 
 The media fields, ``emotion``, ``intensity``, ``label``, ``kind``, ``audio_flag``, ``instructions`` and ``split``
 mean what they mean in synthface records, so the same windowing code reads both.
@@ -45,14 +47,24 @@ class OptionsConfig(tfds.core.BuilderConfig):
 def config_for(options) -> OptionsConfig:
     """A config named after its options (``<crop><size>-<hash>``), so builds with different options live in
     different directories and a rebuild with the same options is reused."""
-    text = json.dumps(dataclasses.asdict(options), sort_keys=True, default=str)
+    from avatarjax.data.tfds import features as features_lib
+
+    fields = dataclasses.asdict(options)
+    spec = fields.pop("features", "")  # absent from the hash when unused: builds without features keep their names
+    if spec:
+        fields["features"] = spec
+        fields["features_fingerprint"] = features_lib.fingerprint(spec)
+    text = json.dumps(fields, sort_keys=True, default=str)
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     prep = getattr(options, "prep", None)
     prefix = f"{prep.crop}{prep.size}-" if prep is not None else ""
-    return OptionsConfig(name=f"{prefix}{digest}", description=text, options=options)
+    tag = f"{features_lib.name_tag(spec)}-" if spec else ""
+    return OptionsConfig(name=f"{prefix}{tag}{digest}", description=text, options=options)
 
 
-def clip_features(prep: video_lib.PreprocessConfig, extra: dict | None = None) -> dict:
+def clip_features(prep: video_lib.PreprocessConfig, extra: dict | None = None, extra_features: str = "") -> dict:
+    """The tfds features of a clip record; ``extra_features`` (``--config.features``) adds the pre-computed feature
+    fields (``avatarjax.data.tfds.features``), loading and so checking their checkpoints."""
     features = {
         "clip_id": tfds.features.Text(),
         "identity": np.int32,
@@ -74,6 +86,10 @@ def clip_features(prep: video_lib.PreprocessConfig, extra: dict | None = None) -
     if prep.au_extractor:
         features["au"] = tfds.features.Tensor(shape=(None, len(names) or None), dtype=np.float32)
     features.update(extra or {})
+    if extra_features:
+        from avatarjax.data.tfds import features as features_lib
+
+        features.update(features_lib.record_features(extra_features))
     return features
 
 
@@ -84,22 +100,28 @@ class ClipProcessor:
     ``silent``, ``fields`` (the record's metadata fields, already typed) and, for emotion-labelled clips,
     ``annotation`` (``emotion``, ``intensity``, ``split``): the segment's instructions are then written here, in
     the worker, from the emotion and the segment's AU features (``annotate.instructions``). Module-level and
-    picklable.
+    picklable. ``features`` (``--config.features``) adds the pre-computed feature fields of every segment
+    (``avatarjax.data.tfds.features``; the models are loaded once per worker process).
     """
 
-    def __init__(self, prep: video_lib.PreprocessConfig, annotation=None):
+    def __init__(self, prep: video_lib.PreprocessConfig, annotation=None, features: str = ""):
         from avatarjax.data.tfds.annotate import AnnotateConfig
+        from avatarjax.data.tfds.features import SegmentFeatures
 
         self.prep = prep
         self.annotation = annotation or AnnotateConfig()
+        self.features = SegmentFeatures(features) if features else None
 
     def __call__(self, descriptor: dict) -> Iterable[tuple[str, dict]]:
         from avatarjax.data.tfds import annotate
 
+        clip_state = self.features.clip() if self.features else None
         for segment in video_lib.process_clip(descriptor["video"], self.prep, audio=descriptor.get("audio"),
                                               box=descriptor.get("box"), silent=descriptor.get("silent", False)):
             key = f"{descriptor['key']}/{int(segment['start']):06d}"
             record = {**descriptor["fields"], **segment}
+            if self.features:
+                record.update(self.features(segment, clip_state))
             label = descriptor.get("annotation")
             if label:
                 record["instructions"] = json.dumps(annotate.instructions(

@@ -40,6 +40,7 @@ class FolderOptions:
     eval_identities: tuple[str, ...] = ()
     eval_fraction: float = 0.1
     annotate: AnnotateConfig = AnnotateConfig()
+    features: str = ""  # pre-computed features, e.g. "motion_vae:CKPT" (avatarjax.data.tfds.features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ class TalkingFolders(BeamBuilder):
         return self.builder_config.options
 
     def features(self) -> dict:
-        return common.clip_features(self.options.prep)
+        return common.clip_features(self.options.prep, extra_features=self.options.features)
 
     def scan(self, root: Path | None) -> dict[str, list[dict]]:
         opts = self.options
@@ -121,7 +122,7 @@ class TalkingFolders(BeamBuilder):
         return splits
 
     def processor(self):
-        return common.ClipProcessor(self.options.prep, self.options.annotate)
+        return common.ClipProcessor(self.options.prep, self.options.annotate, self.options.features)
 
 
 class CcV1(TalkingFolders):

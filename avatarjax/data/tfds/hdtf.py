@@ -15,7 +15,8 @@ also work) and cut into segments of ``prep.segment_frames`` (default 250: 10 s) 
 ``crop_wh`` line (missing metadata) or that cannot be read is reported before anything is written; windows
 listed for clips you do not have are skipped (many HDTF videos are no longer online) and counted in the build
 summary. The identity is the video name without its trailing digits (``AmyKlobuchar1`` -> ``AmyKlobuchar``);
-identities in ``eval_identities`` (default: a stable 10%) form the ``eval`` split.
+identities in ``eval_identities`` (default: a stable 10%) form the ``eval`` split. ``--config.features`` adds
+pre-computed features per segment (see ``avatarjax.data.tfds.features``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class HdtfOptions:
     prep: PreprocessConfig = PreprocessConfig(crop="box", segment_frames=250)
     eval_identities: tuple[str, ...] = ()
     eval_fraction: float = 0.1
+    features: str = ""  # pre-computed features, e.g. "wav2vec2:DIR,dac:CKPT" (avatarjax.data.tfds.features)
 
 
 def _meta_dir(root: Path) -> Path:
@@ -72,7 +74,7 @@ class Hdtf(BeamBuilder):
         return self.builder_config.options
 
     def features(self) -> dict:
-        return common.clip_features(self.options.prep, {"group": tfds.features.Text()})
+        return common.clip_features(self.options.prep, {"group": tfds.features.Text()}, self.options.features)
 
     def scan(self, root: Path | None) -> dict[str, list[dict]]:
         opts = self.options
@@ -132,4 +134,4 @@ class Hdtf(BeamBuilder):
         return splits
 
     def processor(self):
-        return common.ClipProcessor(self.options.prep)
+        return common.ClipProcessor(self.options.prep, features=self.options.features)

@@ -6,7 +6,11 @@ Each example (before batching):
 - ``frames`` uint8 [W, S, S, 3] (``S`` = the stored crop size, or ``frame_size`` when set), ``mask`` bool [W]
 - ``audio`` float32 [W * 640] when ``audio``
 - ``identity``, ``emotion``, ``intensity``, ``audio_flag``, ``start`` int32 (window start frame in the clip)
-- whatever ``text_fn(instruction)`` returns, with one of the record's instructions sampled per step.
+- whatever ``text_fn(instruction)`` returns, with one of the record's instructions sampled per step;
+- the pre-computed features of a ``--config.features`` build (``avatarjax.data.tfds.features``), cut to the same
+  window and zero-padded: ``motion_latent`` [W, D], ``video_latents`` [W, K, D], ``wav2vec2`` [2W, F] and
+  ``wav2vec2_hidden`` [2W, H] (50 Hz), ``dac_codes`` [ceil(W * r), Q] (``r`` = code frames per video frame,
+  from ``dac_frame_rate``) and the clip's ``appearance_latent`` [a, a, C] as stored.
 
 The build is read from its directory (``DATA_DIR/NAME/CONFIG/VERSION``, ``features.json`` describes it), so the
 loader needs no builder options: ``config`` is the name ``avatarjax data build`` printed ("" when only one
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from avatarjax.data.synthface.records import audio_float, decode_frames
 from avatarjax.errors import DataError
 
 SAMPLES_PER_FRAME = 640
+FPS = 25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +98,26 @@ def make_example(record: dict, rng: np.random.Generator | None, cfg: ClipDataCon
                "audio_flag": np.int32(record["audio_flag"]), "start": np.int32(int(record["start"]) + start)}
     if cfg.audio:
         example["audio"] = transforms.crop_audio(audio_float(record["audio"]), start, cfg.window, SAMPLES_PER_FRAME)
+    example.update(window_features(record, start, cfg.window))
     if text_fn is not None:
         text = transforms.sample_instruction(json.loads(record["instructions"]), rng or np.random.default_rng(0))
         example.update(text_fn(text))
     return example
+
+
+def window_features(record: dict, start: int, window: int) -> dict[str, np.ndarray]:
+    """The pre-computed feature fields of ``record`` for frames ``[start, start + window)`` (see the docstring)."""
+    out = {}
+    for name, per_frame in (("motion_latent", 1), ("video_latents", 1), ("wav2vec2", 2), ("wav2vec2_hidden", 2)):
+        if name in record:
+            out[name] = transforms.crop_or_pad(record[name], per_frame * start, per_frame * window)[0]
+    if "appearance_latent" in record:
+        out["appearance_latent"] = np.asarray(record["appearance_latent"], np.float32)
+    if "dac_codes" in record:
+        per_frame = float(record["dac_frame_rate"]) / FPS
+        out["dac_codes"] = transforms.crop_or_pad(record["dac_codes"], int(math.floor(start * per_frame)),
+                                                  math.ceil(window * per_frame))[0]
+    return out
 
 
 def dataset(cfg: ClipDataConfig, *, split: str, batch_size: int, seed: int, process_index: int = 0,

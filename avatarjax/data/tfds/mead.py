@@ -17,7 +17,9 @@ Records: the common clip record (``avatarjax.data.tfds.common``) plus ``view`` (
 emotion, ``intensity`` the level, and ``instructions`` InstructAvatar-style instructions written by
 ``avatarjax.data.tfds.annotate`` (emotion templates, held out in eval; AU sentences from the AU intersection
 when ``prep.au_extractor`` is set; LLM paraphrases when ``annotate.llm`` names a backend). Identities listed
-in ``eval_identities`` (default: a stable 10% of them) form the ``eval`` split.
+in ``eval_identities`` (default: a stable 10% of them) form the ``eval`` split. ``--config.features`` adds
+pre-computed features (audio encoder features, motion latents, DAC codes, video latents; see
+``avatarjax.data.tfds.features``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class MeadOptions:
     eval_fraction: float = 0.1
     audio_suffix: str = ".m4a"
     annotate: AnnotateConfig = AnnotateConfig()
+    features: str = ""  # pre-computed features, e.g. "wav2vec2:DIR,motion_vae:CKPT" (avatarjax.data.tfds.features)
 
 
 class Mead(BeamBuilder):
@@ -58,7 +61,7 @@ class Mead(BeamBuilder):
         return self.builder_config.options
 
     def features(self) -> dict:
-        return common.clip_features(self.options.prep, {"view": tfds.features.Text()})
+        return common.clip_features(self.options.prep, {"view": tfds.features.Text()}, self.options.features)
 
     def scan(self, root: Path | None) -> dict[str, list[dict]]:
         opts = self.options
@@ -107,4 +110,4 @@ class Mead(BeamBuilder):
         return splits
 
     def processor(self):
-        return common.ClipProcessor(self.options.prep, self.options.annotate)
+        return common.ClipProcessor(self.options.prep, self.options.annotate, self.options.features)

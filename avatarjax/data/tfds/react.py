@@ -22,6 +22,8 @@ csv's speaker, listener = its listener) and ``L + i`` (the roles swapped). ``app
 without a matrix). Videos must be 25 fps with one frame per coefficient row (wrong rates are reported, not
 resampled: the annotations are per frame); they are stored as ``prep.size`` crops (default: the centred square,
 the challenge's faces are already cropped to 256x256). Splits are named as in the csv files (train, val, test).
+``--config.features`` adds pre-computed features for both people, prefixed by role (``speaker_wav2vec2``,
+``listener_motion_latent``, ...; see ``avatarjax.data.tfds.features``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ReactOptions:
     prep: PreprocessConfig = PreprocessConfig(crop="center", loudness_lufs=None)
     num_frames: int = 751
     splits: tuple[str, ...] = SPLITS
+    features: str = ""  # pre-computed features per person, e.g. "wav2vec2:DIR" (avatarjax.data.tfds.features)
 
 
 def _person_files(root: Path, split: str, rel: str) -> dict[str, Path]:
@@ -96,6 +99,10 @@ class React2024(BeamBuilder):
                 f"{role}_audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
                 f"{role}_3dmm": tfds.features.Tensor(shape=(None, COEFFS), dtype=np.float32),
                 f"{role}_emotion": tfds.features.Tensor(shape=(None, ATTRIBUTES), dtype=np.float32)})
+            if self.options.features:
+                from avatarjax.data.tfds.features import record_features
+
+                per_role.update({f"{role}_{k}": v for k, v in record_features(self.options.features).items()})
         return {**per_role, "index": np.int32, "appropriate": tfds.features.Tensor(shape=(None,), dtype=np.int32),
                 "site": tfds.features.Text(), "session": tfds.features.Text(), "split": tfds.features.Text()}
 
@@ -182,7 +189,10 @@ class ReactPairProcessor:
     """One csv row -> its two records (both speaker/listener directions), each person processed once."""
 
     def __init__(self, options: ReactOptions):
+        from avatarjax.data.tfds.features import SegmentFeatures
+
         self.options = options
+        self.features = SegmentFeatures(options.features) if options.features else None
 
     def _person(self, files: dict) -> dict:
         prep, frames = self.options.prep, self.options.num_frames
@@ -191,8 +201,12 @@ class ReactPairProcessor:
                 else None)
         (segment,) = video_lib.process_clip(video, dataclasses.replace(prep, segment_frames=0), info=info,
                                             audio=files["audio"], num_frames=frames)
-        return {"frames": segment["frames"], "audio": segment["audio"],
-                "3dmm": np.load(files["coeffs"]).astype(np.float32), "emotion": read_attributes(Path(files["emotion"]))}
+        person = {"frames": segment["frames"], "audio": segment["audio"],
+                  "3dmm": np.load(files["coeffs"]).astype(np.float32),
+                  "emotion": read_attributes(Path(files["emotion"]))}
+        if self.features:
+            person.update(self.features(segment, self.features.clip()))
+        return person
 
     def __call__(self, item: dict):
         a, b = item["speaker"], item["listener"]
