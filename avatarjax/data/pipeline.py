@@ -61,3 +61,16 @@ def to_iter(ds: grain.MapDataset | grain.IterDataset, *, threads: int = 2, prefe
     if isinstance(ds, grain.IterDataset):
         return ds
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
+
+
+def clip_windows(source: Any, make_example: Callable[[Any, np.random.Generator | None], Any], *, split: str,
+                 batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+                 num_epochs: int | None = None, threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
+    """Batches of windows cut from clip records: the train split shuffles, repeats and passes ``make_example`` a
+    generator (random crops); other splits read one pass in order and pass None (centred windows)."""
+    train = split == "train"
+    ds = batched(source, batch_size=batch_size, seed=seed, shuffle=train,
+                 num_epochs=num_epochs if num_epochs is not None or train else 1,
+                 process_index=process_index, process_count=process_count,
+                 transform=lambda record, rng: make_example(record, rng if train else None))
+    return to_iter(ds, threads=threads, prefetch=prefetch)

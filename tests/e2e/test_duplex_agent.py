@@ -7,15 +7,13 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from avatarjax.config import load_config
 from avatarjax.errors import ConfigError, DataError
 from avatarjax.pipelines import duplex_agent as da
+from avatarjax.train.export import fresh_model
 from tests.conftest import REPO
 
 QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
@@ -23,23 +21,8 @@ DUPLEX_TINY = REPO / "configs" / "speechvideo" / "duplex_tiny.py"
 
 
 def _build(cfg):
-    """A random model of ``cfg`` (weights N(0, 0.05) from numpy: the eager initialisers compile one XLA program
-    per parameter shape, which takes most of a minute on a loaded 2-core CPU)."""
-    from avatarjax.registry import TASKS
-
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: TASKS.get(cfg.task).build_model(cfg, nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    rng = np.random.default_rng(0)
-
-    def fill(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key(0)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return jnp.asarray(rng.normal(0.0, 0.05, x.shape), x.dtype)
-        return jnp.zeros(x.shape, x.dtype)
-
-    return nnx.merge(graphdef, jax.tree.map(fill, state))
+    """A random model of ``cfg`` (N(0, 0.05) weights from numpy: no per-shape initialiser programs to compile)."""
+    return fresh_model(cfg, 0, init="normal")
 
 
 def _records(world_seed: int = 0):

@@ -18,6 +18,7 @@ from avatarjax.data.synthface.records import decode_frames
 from avatarjax.data.tfds import commands, features, loader
 from avatarjax.data.tfds.mead import MeadOptions
 from avatarjax.errors import ConfigError
+from avatarjax.train.export import fresh_model
 from tests.conftest import REPO
 from tests.unit.test_tfds_builders import _gradient_frames, _speech, _write_m4a
 
@@ -26,22 +27,8 @@ FRAMES = 25  # 30 source frames at 30 fps
 
 
 def _random_model(cfg):
-    """A random model of ``cfg`` (weights from numpy: the eager initialisers would compile one program per shape)."""
-    from avatarjax.registry import TASKS
-
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: TASKS.get(cfg.task).build_model(cfg, nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    rng = np.random.default_rng(0)
-
-    def fill(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key(0)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return jnp.asarray(rng.normal(0.0, 0.1, x.shape).astype(np.dtype(x.dtype)))
-        return jnp.zeros(x.shape, x.dtype)
-
-    return nnx.merge(graphdef, jax.tree.map(fill, state))
+    """A random model of ``cfg`` (N(0, 0.05) weights from numpy: no per-shape initialiser programs to compile)."""
+    return fresh_model(cfg, 0, init="normal")
 
 
 @pytest.fixture(scope="module")

@@ -95,13 +95,10 @@ def dataset(cfg: SynthfaceDataConfig, *, split: str, batch_size: int, seed: int,
             process_count: int = 1, text_fn: Callable[[str], dict] | None = None,
             num_epochs: int | None = None) -> grain.IterDataset:
     """Batches of this process's rows; train windows are random crops, eval windows are centred."""
-    train = split == "train"
-    ds = pipeline.batched(
-        source(cfg, split), batch_size=batch_size, seed=seed, shuffle=train,
-        num_epochs=num_epochs if num_epochs is not None or train else 1,
-        process_index=process_index, process_count=process_count,
-        transform=lambda record, rng: make_example(record, rng if train else None, cfg, text_fn))
-    iterable = pipeline.to_iter(ds, threads=cfg.threads, prefetch=cfg.prefetch)
+    iterable = pipeline.clip_windows(
+        source(cfg, split), lambda record, rng: make_example(record, rng, cfg, text_fn), split=split,
+        batch_size=batch_size, seed=seed, process_index=process_index, process_count=process_count,
+        num_epochs=num_epochs, threads=cfg.threads, prefetch=cfg.prefetch)
     if cfg.workers > 0:
         _absl_flags_parsed()
         options = grain.MultiprocessingOptions(num_workers=cfg.workers, per_worker_buffer_size=cfg.prefetch)

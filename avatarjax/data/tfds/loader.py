@@ -124,10 +124,7 @@ def dataset(cfg: ClipDataConfig, *, split: str, batch_size: int, seed: int, proc
             process_count: int = 1, text_fn: Callable[[str], dict] | None = None,
             num_epochs: int | None = None) -> grain.IterDataset:
     """Batches of this process's rows; train windows are random crops, other splits' windows are centred."""
-    train = split == "train"
-    ds = pipeline.batched(
-        source(cfg, split), batch_size=batch_size, seed=seed, shuffle=train,
-        num_epochs=num_epochs if num_epochs is not None or train else 1,
-        process_index=process_index, process_count=process_count,
-        transform=lambda record, rng: make_example(record, rng if train else None, cfg, text_fn))
-    return pipeline.to_iter(ds, threads=cfg.threads, prefetch=cfg.prefetch)
+    return pipeline.clip_windows(
+        source(cfg, split), lambda record, rng: make_example(record, rng, cfg, text_fn), split=split,
+        batch_size=batch_size, seed=seed, process_index=process_index, process_count=process_count,
+        num_epochs=num_epochs, threads=cfg.threads, prefetch=cfg.prefetch)
