@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -186,40 +185,20 @@ def scan_vs_loop(scanned: Callable[[], Any], looped: Callable[[], Any], repeats:
 
 
 def trainer_step(config: str, overrides: Sequence[str] = (), *, batch: int | None = None, steps: int = 5) -> dict:
-    """The trainer's jitted step of ``config`` on the task's example batch: median step time, TFLOP/s and MFU from
-    the task's analytic FLOPs, and the compiled step's memory."""
+    """The trainer's jitted step of ``config`` on the task's example batch (``profiling.report.profile_train_step``):
+    median step time, TFLOP/s and MFU from the task's analytic FLOPs, and the compiled step's memory."""
     from avatarjax.config import load_config
-    from avatarjax.parallel import mesh as mesh_lib
-    from avatarjax.train.loop import Trainer
+    from avatarjax.profiling.report import profile_train_step
 
     overrides = list(overrides) + ["--config.log.progress=false", "--config.log.tensorboard=false",
                                    "--config.eval.every=0"]
     if batch:
         overrides.append(f"--config.train.batch_size={batch}")
     cfg = load_config(config, overrides)
-    with tempfile.TemporaryDirectory() as workdir:
-        trainer = Trainer(cfg, workdir)
-        try:
-            with trainer._context():
-                state = trainer.init_state()
-                data = mesh_lib.shard_batch(trainer.task.example_batch(cfg, cfg.train.batch_size), trainer.mesh,
-                                            trainer.rules)
-                t0 = time.perf_counter()
-                compiled = trainer.train_step.lower(state, data).compile()
-                state, metrics = compiled(state, data)
-                jax.block_until_ready(metrics)
-                compile_s = time.perf_counter() - t0
-                times = []
-                for _ in range(max(steps, 1)):
-                    t0 = time.perf_counter()
-                    state, metrics = compiled(state, data)
-                    jax.block_until_ready(metrics)
-                    times.append(time.perf_counter() - t0)
-        finally:
-            trainer.checkpoints.close()
-    step_s = statistics.median(times)
-    flops = trainer.flops_per_step or xla_flops(compiled)
-    tflops, util, peak = throughput(flops, step_s)
-    return {"config": config, "params": trainer.num_params, "batch": cfg.train.batch_size,
-            "first_step_s": round(compile_s, 2), "step_ms": step_s * 1e3, "flops_per_step": flops,
-            "tflops_per_device": tflops, "mfu": util, "peak_tflops": peak, "memory_gib": memory_gib(compiled)}
+    report = profile_train_step(cfg, steps=max(steps, 1))
+    flops = report["analytic_tflop_per_step"] * 1e12 or (report["xla_tflop_per_step_per_device"] or 0.0) * 1e12
+    return {"config": config, "params": report["params"], "batch": report["batch_size"],
+            "first_step_s": round(report["compile_s"], 2), "step_ms": report["step_s_median"] * 1e3,
+            "flops_per_step": flops or None, "tflops_per_device": report["tflops_per_device"], "mfu": report["mfu"],
+            "peak_tflops": report["peak_tflops_per_device"],
+            "memory_gib": report["memory_per_device"].get("peak_estimate_gib")}

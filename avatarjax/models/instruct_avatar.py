@@ -27,7 +27,7 @@ from flax import nnx
 from avatarjax.nn.attention import Attention
 from avatarjax.nn.conditioning import ClipAdapter, FeatureMLP, FiLM, TimestepEmbedding, ZeroGate
 from avatarjax.nn.conformer import (ACT, Conformer, ConformerConfig, ConvModule, FeedForward, SelfAttentionBlock,
-                                    dropout, make_layers, run_layers, split_key)
+                                    conformer_layer_flops_per_token, dropout, make_layers, run_layers, split_key)
 from avatarjax.nn.conv import Conv
 from avatarjax.nn.embeddings import sinusoidal
 from avatarjax.nn.linear import Dense
@@ -254,13 +254,6 @@ class InstructAvatar(nnx.Module):
         return {"x0": x0, "pose": c["pose_pred"], "au_logits": au_logits, "intensity_logits": intensity_logits}
 
 
-def _conformer_layer_per_token(dim: int, ffn: int, kernel: int, length: int) -> float:
-    """One Conformer layer, per token: two FFNs, MHSA over ``length`` keys, the conv module."""
-    return (2 * 2 * 2 * dim * ffn  # ffn1 and ffn2, each dim -> ffn -> dim
-            + 2 * 4 * dim * dim + 2 * 2 * length * dim  # q, k, v, o projections; scores and values
-            + 2 * 3 * dim * dim + 2 * kernel * dim)  # pointwise in (dim -> 2 dim, GLU) and out; depthwise
-
-
 def _mlp(dims: list[int]) -> float:
     return sum(2.0 * a * b for a, b in zip(dims[:-1], dims[1:]))
 
@@ -286,7 +279,7 @@ def instruct_avatar_flops(cfg: InstructAvatarConfig, frames: int, text_len: int)
         per_sample_layer += 2 * 2 * d * d * (n - 1)
     a, feat = cfg.audio_encoder, cfg.audio_feature_dim
     audio_per_frame = (2 * 3 * feat * feat + 2 * feat * a.dim
-                       + a.num_layers * _conformer_layer_per_token(a.dim, a.ffn_dim, a.kernel_size, t)
+                       + a.num_layers * conformer_layer_flops_per_token(a.dim, a.ffn_dim, a.kernel_size, t)
                        + (2 * a.dim * d if a.dim != d else 0))
     pose_per_frame = 2 * 3 * d * cfg.pose_hidden + 2 * 3 * cfg.pose_hidden ** 2 + 2 * cfg.pose_hidden * cfg.pose_dim
     io_per_frame = 2 * cfg.pose_dim * d + 2 * 2 * cfg.latent_dim * d  # pose embedding, input and output

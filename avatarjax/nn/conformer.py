@@ -175,3 +175,10 @@ class Conformer(nnx.Module):
         h = constrain(h, ACT)
         return run_layers(self.layers, h, key, self.cfg.num_layers, self.cfg.scan_layers, self.remat,
                           lambda layer, y, k: layer(y, mask, k, train), train)
+
+
+def conformer_layer_flops_per_token(dim: int, ffn: int, kernel: int, length: int) -> float:
+    """One Conformer layer, per token: two FFNs, MHSA over ``length`` keys, the conv module."""
+    return (2 * 2 * 2 * dim * ffn  # ffn1 and ffn2, each dim -> ffn -> dim
+            + 2 * 4 * dim * dim + 2 * 2 * length * dim  # q, k, v, o projections; scores and values
+            + 2 * 3 * dim * dim + 2 * kernel * dim)  # pointwise in (dim -> 2 dim, GLU) and out; depthwise

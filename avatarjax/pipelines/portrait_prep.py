@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from avatarjax import media
+from avatarjax.data.preprocess.pfl import frame_ranges
 from avatarjax.errors import DataError, FaceNotFound
 
 DEFAULT_MARGIN = 0.45  # face box -> crop side 1.9x the box: synthface portraits frame the face this way
@@ -293,18 +294,6 @@ def _default_detector() -> HaarDetector:
     return _DETECTOR
 
 
-def _ranges(indices: Sequence[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
-    parts, start = [], None
-    for i, index in enumerate(indices):
-        if start is None:
-            start = index
-        if i + 1 == len(indices) or indices[i + 1] != index + 1:
-            parts.append(str(start) if start == index else f"{start}-{index}")
-            start = None
-    return ", ".join(parts)
-
-
 def prepare_video(frames: np.ndarray, size: int, margin: float = DEFAULT_MARGIN, *,
                   detector: FaceDetector | None = None, every: int = 5, max_missing: float = 0.5,
                   align: bool = True, pad: str = "edge", source: str | None = None
@@ -331,7 +320,7 @@ def prepare_video(frames: np.ndarray, size: int, margin: float = DEFAULT_MARGIN,
         spans = sorted({f for i in missing for f in range(i, following[i])})  # a checked frame stands for its span
         how = "" if every <= 1 else f", one frame in {every} checked"
         raise FaceNotFound(
-            f"no face found in frames {_ranges(spans)} of {where} ({len(missing)} of the {len(checked)} frames "
+            f"no face found in frames {frame_ranges(spans)} of {where} ({len(missing)} of the {len(checked)} frames "
             f"checked{how}): trim the video to the part where the face is visible, use a clip with one clear frontal "
             f"face, or, if the frames already are portrait crops, use them whole (assume_cropped / "
             f"--assume-cropped)")

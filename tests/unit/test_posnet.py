@@ -10,6 +10,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from avatarjax.bench import torch_refs
 from avatarjax.config import load_config
 from avatarjax.data.synthface import dyadic, react
 from avatarjax.errors import ConfigError, DataError
@@ -25,38 +26,22 @@ from tests.conftest import REPO, make_mesh
 QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 
 
-class TorchPosNet(torch.nn.Module):
-    """The released PosNet, written from the architecture description (REFERENCE.md section 4)."""
-
-    def __init__(self, p=6, h=32, f=25):
-        super().__init__()
-        self.f, self.p = f, p
-        self.enc = torch.nn.Sequential(torch.nn.Conv1d(p, h, 3), torch.nn.ReLU(), torch.nn.Conv1d(h, h, 3),
-                                       torch.nn.ReLU())
-        self.dec = torch.nn.Sequential(torch.nn.Linear(p + h, h), torch.nn.ReLU(), torch.nn.Linear(h, h),
-                                       torch.nn.ReLU(), torch.nn.Linear(h, f * p))
-
-    def forward(self, last, pose):  # [B, P], [B, F, P]
-        code = self.enc(pose.transpose(1, 2)).mean(-1)
-        return self.dec(torch.cat([last, code], -1)).reshape(-1, self.f, self.p)
-
-
 def _small(**kw):
     with nnx.use_eager_sharding(False):
         return PosNet(PosNetConfig(hidden=32, **kw), rngs=nnx.Rngs(0))
 
 
 def test_matches_the_torch_reference():
-    ref = TorchPosNet().double()
+    ref = torch_refs.PosNet(pose_dim=6, segment=25, hidden=32).double()  # the released layout
     model = _small()
     conv = lambda m: jnp.asarray(m.weight.detach().numpy().transpose(2, 1, 0), jnp.float32)
-    model.conv1.kernel[...], model.conv1.bias[...] = conv(ref.enc[0]), jnp.asarray(ref.enc[0].bias.detach().numpy())
-    model.conv2.kernel[...], model.conv2.bias[...] = conv(ref.enc[2]), jnp.asarray(ref.enc[2].bias.detach().numpy())
-    for ours, theirs in ((model.fc1, ref.dec[0]), (model.fc2, ref.dec[2])):
+    model.conv1.kernel[...], model.conv1.bias[...] = conv(ref.encoder[0]), jnp.asarray(ref.encoder[0].bias.detach().numpy())
+    model.conv2.kernel[...], model.conv2.bias[...] = conv(ref.encoder[2]), jnp.asarray(ref.encoder[2].bias.detach().numpy())
+    for ours, theirs in ((model.fc1, ref.decoder[0]), (model.fc2, ref.decoder[2])):
         ours.kernel[...] = jnp.asarray(theirs.weight.detach().numpy().T, jnp.float32)
         ours.bias[...] = jnp.asarray(theirs.bias.detach().numpy(), jnp.float32)
-    w = ref.dec[4].weight.detach().numpy().T.reshape(32, 25, 6)
-    model.out.kernel[...], model.out.bias[...] = jnp.asarray(w), jnp.asarray(ref.dec[4].bias.detach().numpy().reshape(25, 6))
+    w = ref.decoder[4].weight.detach().numpy().T.reshape(32, 25, 6)
+    model.out.kernel[...], model.out.bias[...] = jnp.asarray(w), jnp.asarray(ref.decoder[4].bias.detach().numpy().reshape(25, 6))
     rng = np.random.default_rng(0)
     last, pose = rng.normal(size=(3, 6)), rng.normal(size=(3, 25, 6))
     expected = ref(torch.from_numpy(last), torch.from_numpy(pose)).detach().numpy()

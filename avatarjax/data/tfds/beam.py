@@ -120,6 +120,11 @@ class BeamBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the raw dataset folder with --manual_dir (its layout: the builder's docs)."
 
+    @property
+    def options(self):
+        """The builder config's options (each builder's ``*Options`` dataclass)."""
+        return self.builder_config.options
+
     def features(self) -> dict:
         raise NotImplementedError
 

@@ -57,10 +57,6 @@ class TalkingFolders(BeamBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
 
-    @property
-    def options(self) -> FolderOptions:
-        return self.builder_config.options
-
     def features(self) -> dict:
         return common.clip_features(self.options.prep, extra_features=self.options.features)
 

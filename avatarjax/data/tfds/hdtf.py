@@ -69,10 +69,6 @@ class Hdtf(BeamBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
 
-    @property
-    def options(self) -> HdtfOptions:
-        return self.builder_config.options
-
     def features(self) -> dict:
         return common.clip_features(self.options.prep, {"group": tfds.features.Text()}, self.options.features)
 

@@ -56,10 +56,6 @@ class Mead(BeamBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
 
-    @property
-    def options(self) -> MeadOptions:
-        return self.builder_config.options
-
     def features(self) -> dict:
         return common.clip_features(self.options.prep, {"view": tfds.features.Text()}, self.options.features)
 

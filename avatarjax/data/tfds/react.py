@@ -86,10 +86,6 @@ class React2024(BeamBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
 
-    @property
-    def options(self) -> ReactOptions:
-        return self.builder_config.options
-
     def features(self) -> dict:
         per_role = {}
         for role in ROLES:
