@@ -45,7 +45,7 @@ from flax import nnx
 
 from avatarjax.checkpoint.convert import Converter
 from avatarjax.errors import CheckpointError, DataError
-from avatarjax.nn.conv import Conv
+from avatarjax.nn.conv import Conv, conv_transpose_1d
 from avatarjax.parallel.mesh import constrain
 
 ACT = ("batch", "length", "act_channels")
@@ -195,7 +195,7 @@ class WNConvTranspose1d(nnx.Module):
     ``[b, t, in]`` -> ``[b, (t - 1) * stride - 2 * padding + kernel, out]``.
 
     ``v`` ``[kernel, in, out]``, ``g`` ``[in]`` (torch normalises the ``[in, out, k]`` weight over dim 0). Computed
-    as a stride-1 conv of the ``stride``-dilated input with the flipped kernel.
+    by ``nn.conv.conv_transpose_1d`` (matmul + overlap-add on CPU).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1, padding: int = 0, dtype=None,
@@ -216,10 +216,7 @@ class WNConvTranspose1d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
-        edge = self.kernel_size - 1 - self.padding
-        y = jax.lax.conv_general_dilated(
-            x.astype(dtype), self.kernel()[::-1].astype(dtype), (1,), [(edge, edge)], lhs_dilation=(self.stride,),
-            dimension_numbers=("NWC", "WIO", "NWC"))
+        y = conv_transpose_1d(x.astype(dtype), self.kernel().astype(dtype), self.stride, self.padding)
         return y + self.bias[...].astype(dtype)
 
 
@@ -678,9 +675,10 @@ def decoder_flops(cfg: DACConfig, frames: int) -> float:
     c, length = cfg.decoder_dim, frames
     total = _conv_flops(7, cfg.latent, c, length)
     for s in cfg.decoder_rates:
-        # the transposed conv as computed: a k-tap conv over the stride-dilated input (zeros included)
+        # the transposed conv's useful multiplies: every input frame times all 2s taps (nn.conv.conv_transpose_1d's
+        # gemm form computes exactly these; its conv form also multiplies the stride-dilated input's zeros)
         out_len = conv_transpose_output_length(length, 2 * s, s, math.ceil(s / 2))
-        total += _conv_flops(2 * s, c, c // 2, out_len)
+        total += _conv_flops(2 * s, c, c // 2, length)
         c, length = c // 2, out_len
         total += _units_flops(c, length)
     return total + _conv_flops(7, c, 1, length)

@@ -4,6 +4,9 @@
   ``kernel.., conv_in, conv_out``.
 - ``DepthwiseConv1d``: per-channel 1-D convolution written as a sum of K shifted multiplies: on XLA:CPU this is
   ~5x faster forward+backward than a grouped ``lax.conv`` (DESIGN.md calibration), and on GPU/TPU XLA fuses it.
+- ``conv_transpose_1d``: torch ``ConvTranspose1d`` semantics; on CPU one matmul per input frame plus an
+  overlap-add (``"gemm"``, as torch's col2im) instead of a conv over the zero-stuffed input (``"conv"``), which
+  XLA:CPU computes at stride x the useful work.
 - ``GroupNorm``, ``BatchNorm`` (masked: padded frames do not enter the statistics), ``ResBlock2d``,
   ``Downsample2d`` (stride-2 conv, SD-style asymmetric padding), ``Upsample2d`` (nearest x2 then conv).
 """
@@ -22,6 +25,37 @@ from avatarjax.nn.linear import default_kernel_init
 
 def _ntuple(x: int | Sequence[int], n: int) -> tuple[int, ...]:
     return (x,) * n if isinstance(x, int) else tuple(x)
+
+
+def conv_transpose_1d(x: jax.Array, kernel: jax.Array, stride: int, padding: int = 0,
+                      impl: str = "auto") -> jax.Array:
+    """torch ``ConvTranspose1d`` (no output padding, no bias): ``x [b, t, in]``, ``kernel [k, in, out]`` (tap ``j``
+    adds ``x[i] @ kernel[j]`` to output ``i * stride + j - padding``) -> ``[b, (t - 1) * stride - 2 * padding + k,
+    out]``.
+
+    ``impl``: ``"gemm"``: ``x @ kernel`` for all taps at once (``[b, t, k, out]``), then the ``ceil(k / stride)``
+    groups of ``stride`` taps are shifted by one input frame each and added (the overlap-add), then the padding is
+    cropped; every multiply is useful and the backward is matmuls too (measured 5-17x faster forward+backward
+    than ``"conv"`` on XLA:CPU at DAC's decoder shapes; whole model: ``avatarjax bench dac``). ``"conv"``: a stride-1
+    conv of the ``stride``-dilated input with the flipped kernel (XLA lowers it to the backend's transposed conv,
+    cuDNN on GPU). ``"auto"``: gemm on CPU, conv elsewhere (the gemm form is unmeasured on GPU/TPU here).
+    """
+    if impl == "auto":
+        impl = "gemm" if jax.default_backend() == "cpu" else "conv"
+    k, _, cout = kernel.shape
+    b, t, _ = x.shape
+    if impl == "conv":
+        edge = k - 1 - padding
+        return jax.lax.conv_general_dilated(x, kernel[::-1], (1,), [(edge, edge)], lhs_dilation=(stride,),
+                                            dimension_numbers=("NWC", "WIO", "NWC"))
+    if impl != "gemm":
+        raise ValueError(f"conv_transpose_1d impl must be auto, gemm or conv, got {impl!r}")
+    groups = -(-k // stride)
+    kernel = jnp.pad(kernel, ((0, groups * stride - k), (0, 0), (0, 0)))
+    taps = jnp.einsum("btc,kcd->btkd", x, kernel).reshape(b, t, groups, stride, cout)
+    full = sum(jnp.pad(taps[:, :, g], ((0, 0), (g, groups - 1 - g), (0, 0), (0, 0))) for g in range(groups))
+    length = (t - 1) * stride - 2 * padding + k
+    return full.reshape(b, (t + groups - 1) * stride, cout)[:, padding:padding + length]
 
 
 class Conv(nnx.Module):

@@ -231,3 +231,18 @@ def test_adversarial_terms_trace_with_the_discriminator():
     total, metrics = jax.eval_shape(lambda m, b: objective.loss(m, b, jax.random.key(0), jnp.int32(0)), model, batch)
     assert total.shape == () and {"generator", "feature_match", "discriminator", "mel"} <= set(metrics)
     assert objective.flops_per_example(cfg) > dac.flops_per_example(cfg.model, cfg.data.segment)
+
+
+@pytest.mark.parametrize("k, stride, padding", [(16, 8, 4), (8, 4, 2), (4, 2, 1), (5, 2, 0), (3, 3, 1), (7, 1, 3)])
+def test_transposed_conv_gemm_form_equals_the_conv_form_and_its_gradients(k, stride, padding):
+    from avatarjax.nn.conv import conv_transpose_1d
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 5))
+    w = jax.random.normal(jax.random.key(1), (k, 5, 3))
+    outs = {impl: conv_transpose_1d(x, w, stride, padding, impl) for impl in ("gemm", "conv")}
+    assert outs["gemm"].shape == (2, dac.conv_transpose_output_length(9, k, stride, padding), 3)
+    np.testing.assert_allclose(outs["gemm"], outs["conv"], atol=1e-5)
+    grads = {impl: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_transpose_1d(x, w, stride, padding, impl))),
+                            argnums=(0, 1))(x, w) for impl in ("gemm", "conv")}
+    for a, b in zip(grads["gemm"], grads["conv"]):
+        np.testing.assert_allclose(a, b, atol=1e-4)
