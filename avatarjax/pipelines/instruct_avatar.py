@@ -39,6 +39,7 @@ from avatarjax.train.objectives.instruct_avatar import InstructAvatarSampleConfi
 FPS = schema.FPS
 SAMPLES_PER_FRAME = schema.SAMPLES_PER_FRAME
 MIN_FRAMES = 8
+HARMONIZE = 0.0  # windowed.WindowPlan.release: 0 = the known prefix re-imposed at every sampler step
 
 
 @dataclasses.dataclass
@@ -122,10 +123,11 @@ class InstructAvatarPipeline:
         return self._compiled["pose"]
 
     def _generator(self, options: InstructAvatarSampleConfig, frames: int):
-        """One window: ``(state, batch, noise, key, known, known_mask) -> (x0 [1, W, D], pose [1, W, 3])``.
+        """One window: ``(state, batch, noise, key, known, known_mask, release) -> (x0 [1, W, D], pose [1, W, 3])``.
 
         ``known [1, W, D]`` (standardised latents) / ``known_mask`` bool ``[W]``: the frames continued from the
-        previous window, re-imposed at every sampler step forward-noised to the step's level (``windowed``)."""
+        previous window, re-imposed forward-noised to the step's level while the step's noise level is at least
+        ``release`` float ``[W]`` (``WindowPlan.release``; zeros: at every step) (``windowed``)."""
         key_ = (options, frames)
         if key_ in self._compiled:
             return self._compiled[key_]
@@ -137,8 +139,9 @@ class InstructAvatarPipeline:
                 d.beta_schedule, d.num_train_steps))
         else:
             noiser = windowed.forward_noise_fn("vpsde", sde=schedules.VPSDE(d.beta_min, d.beta_max))
+        t_max = float(d.num_train_steps) if d.formulation == "ddpm" else 1.0
 
-        def generate(state, batch, noise, key, known, known_mask):
+        def generate(state, batch, noise, key, known, known_mask, release):
             net = nnx.merge(graphdef, state).net
             cond = task.conditions(batch)
             if scale != 1.0:
@@ -150,7 +153,8 @@ class InstructAvatarPipeline:
             denoise = lambda x_t, t: net.denoise(x_t, t, c, to_x0=to_x0)  # noqa: E731
             if scale != 1.0:  # one doubled batch per step: conditional rows first, then the null instruction
                 denoise = guidance.batched_cfg_denoise(denoise, scale)
-            denoise = windowed.replacement_denoise(denoise, noiser, known * d.latent_scale, known_mask, noise)
+            denoise = windowed.replacement_denoise(denoise, noiser, known * d.latent_scale, known_mask, noise,
+                                                   release, t_max)
             x0 = _run_sampler(options, d, denoise, noise, key)
             pose = c["pose_pred"][:noise.shape[0]]
             return x0 / d.latent_scale, pose
@@ -197,8 +201,8 @@ class InstructAvatarPipeline:
     def sample(self, portrait, audio=None, instruction: str = "", *, num_frames: int | None = None,
                window: int | None = None, overlap: int | None = None, head_motion_scale: float = 1.0,
                expression_scale: float = 1.0, lip_only: bool = False, smoothing: float = 1.5,
-               anchor_colours: bool = False, portrait_pose=None, posnet=None, progress: bool | None = None,
-               **options) -> Generated:
+               anchor_colours: bool = False, portrait_pose=None, posnet=None, harmonize: float = HARMONIZE,
+               progress: bool | None = None, **options) -> Generated:
         """Generate, for audio of any length. ``portrait``: path or uint8 ``[S, S, 3]``; ``audio``: path, float32
         16 kHz mono array or None (text-only motion control for ``num_frames`` frames); ``options`` override the
         ``sample`` config (sampler, num_steps, eta, temperature, guidance_scale, seed).
@@ -210,7 +214,9 @@ class InstructAvatarPipeline:
         ``expression_scale`` (motion-latent deviation from the portrait's), ``lip_only`` (head held at
         ``portrait_pose``), ``smoothing`` (pose smoothing sigma in frames, 0 = off), ``anchor_colours`` (match
         each chunk's face colours to the portrait's), ``posnet`` (a ``reaction.PoseSmoother`` or its checkpoint
-        path for the pose seams), ``progress`` (the tqdm bar: None = when attached to a terminal)."""
+        path for the pose seams), ``harmonize`` (``WindowPlan.release``: the share of the noise range over which
+        the end of each window's continued prefix is left to the network; 0 = re-imposed at every step),
+        ``progress`` (the tqdm bar: None = when attached to a terminal)."""
         opts = dataclasses.replace(self.cfg.sample, **options)
         portrait = self._portrait(portrait)
         wave, talking = self._audio(audio, num_frames)
@@ -265,7 +271,8 @@ class InstructAvatarPipeline:
                 known, known_mask = plan.known(latents, k)
                 wkey = jax.random.fold_in(key, k)
                 noise = jax.random.normal(jax.random.fold_in(wkey, 1), (1, w, dim))
-                x0, _ = generator(self._state, batch, noise, wkey, jnp.asarray(known[None]), jnp.asarray(known_mask))
+                x0, _ = generator(self._state, batch, noise, wkey, jnp.asarray(known[None]), jnp.asarray(known_mask),
+                                  jnp.asarray(plan.release(k, harmonize)))
                 plan.commit(latents, np.asarray(x0[0], np.float32), k)
                 bar.window_done(valid - plan.known_frames(k))
         finally:
@@ -279,7 +286,8 @@ class InstructAvatarPipeline:
                 "real_time_factor": round(elapsed / (frames / FPS), 3), "windows": plan.num_windows,
                 "window": plan.window, "overlap": plan.overlap, "window_starts": list(plan.starts),
                 "head_motion_scale": head_motion_scale, "expression_scale": expression_scale, "lip_only": lip_only,
-                "smoothing": smoothing, "anchor_colours": anchor_colours, **dataclasses.asdict(opts)}
+                "smoothing": smoothing, "anchor_colours": anchor_colours, "harmonize": harmonize,
+                **dataclasses.asdict(opts)}
         out_pose = pose if talking else predicted * task.POSE_SCALE
         return Generated(frames=rendered, latents=latents * np.asarray(self._std) + np.asarray(self._mean),
                          pose=out_pose, audio=wave, portrait=portrait, instruction=instruction, talking=talking,
@@ -338,8 +346,9 @@ class InstructAvatarOnline:
     Gaussian-smoothed over the frames so far only (``sample`` smooths the whole utterance's pose up front)."""
 
     def __init__(self, pipe, portrait, wave: np.ndarray, instruction: str = "", *, window: int | None = None,
-                 overlap: int | None = None, smoothing: float = 1.5, **options):
+                 overlap: int | None = None, smoothing: float = 1.5, harmonize: float = HARMONIZE, **options):
         self.pipe, self.task, self.windowed, self.spf = pipe, task, windowed, SAMPLES_PER_FRAME
+        self.harmonize = harmonize
         self.opts = dataclasses.replace(pipe.cfg.sample, **options)
         self.portrait = pipe._portrait(portrait)
         self.wave, self.talking = pipe._audio(wave, None)
@@ -382,7 +391,8 @@ class InstructAvatarOnline:
         known, known_mask = plan.known(self.latents, k)
         wkey = jax.random.fold_in(self.key, k)
         noise = jax.random.normal(jax.random.fold_in(wkey, 1), (1, w, self.latents.shape[1]))
-        x0, _ = self.generator(pipe._state, batch, noise, wkey, jnp.asarray(known[None]), jnp.asarray(known_mask))
+        x0, _ = self.generator(pipe._state, batch, noise, wkey, jnp.asarray(known[None]), jnp.asarray(known_mask),
+                               jnp.asarray(plan.release(k, self.harmonize)))
         plan.commit(self.latents, np.asarray(x0[0], np.float32), k)
         first, end = start + plan.known_frames(k), start + valid
         chunk = np.zeros((w, self.latents.shape[1]), np.float32)
@@ -461,6 +471,9 @@ def add_long_form_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     g.add_argument("--window", type=int, default=None, help="frames per window (default: the training window)")
     g.add_argument("--overlap", type=int, default=None, help="frames each window continues (default: window / 4)")
     g.add_argument("--posnet", default=None, help="a trained 3-channel PosNet (workdir or export) for pose seams")
+    g.add_argument("--harmonize", type=float, default=HARMONIZE,
+                   help="share of the noise range (0-1) over which the end of each window's continued prefix is "
+                        "left to the network, smoothing the seam (0 = re-imposed at every step)")
     return p
 
 
@@ -468,7 +481,7 @@ def long_form_kwargs(ns: argparse.Namespace) -> dict:
     """``InstructAvatarPipeline.sample`` keyword arguments from ``add_long_form_options``' parsed options."""
     return {"head_motion_scale": ns.head_motion_scale, "expression_scale": ns.expression_scale,
             "lip_only": ns.lip_only, "smoothing": ns.smoothing, "anchor_colours": ns.anchor_colours,
-            "window": ns.window, "overlap": ns.overlap, "posnet": ns.posnet}
+            "window": ns.window, "overlap": ns.overlap, "posnet": ns.posnet, "harmonize": ns.harmonize}
 
 
 def sample_command(system, cfg: Config, out, args: list[str], checkpoint: str | Path | None = None) -> dict:

@@ -158,53 +158,23 @@ def evaluate(pipe, reader: Reader, *, num_clips: int = 32, num_motion_clips: int
 
 
 # ---------------------------------------------------------------------------------------------- long-form drift
-def _mouth_box(identity, size: int, margin: float = 0.35) -> tuple[slice, slice]:
-    """Pixel rows/columns around the neutral face's mouth (synthface geometry), widened by ``margin``."""
-    from avatarjax.data.synthface import geometry
-
-    pts = geometry.keypoints(identity, schema.neutral_state(1))[0][geometry.MOUTH] * size
-    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
-    mx, my = (x1 - x0) * margin, max((y1 - y0) * margin * 2, 2.0)
-    clip = lambda v: int(np.clip(round(v), 0, size))  # noqa: E731
-    return slice(clip(y0 - my), clip(y1 + 2 * my)), slice(clip(x0 - mx), clip(x1 + mx))
-
-
-def _relative_drift(values: list[float]) -> dict:
-    """How far per-chunk values move from the first chunk's: first/last/mean/min/max, the max relative deviation
-    from the first (``None`` when the first value is 0) and the change of a fitted line over all chunks (absolute
-    and relative to the line's start), which separates drift from chunk-to-chunk noise."""
-    v = np.asarray(values, np.float64)
-    first = v[0]
-    out = {"first": float(first), "last": float(v[-1]), "mean": float(v.mean()), "max": float(v.max()),
-           "min": float(v.min())}
-    out["max_rel_dev_from_first"] = float(np.max(np.abs(v - first)) / abs(first)) if abs(first) > 1e-9 else None
-    if len(v) > 1:  # the drift itself, robust to per-chunk noise: a least-squares line's change over the utterance
-        slope, intercept = np.polyfit(np.arange(len(v)), v, 1)
-        start = intercept
-        out["fitted_change"] = float(slope * (len(v) - 1))
-        out["fitted_rel_change"] = float(slope * (len(v) - 1) / abs(start)) if abs(start) > 1e-9 else None
-    return out
-
-
 def long_form(pipe, *, seconds: float = 60.0, instruction: str = "talk with a big happy smile", seed: int = 0,
               reader: Reader | None = None, out_dir: str | Path | None = None, identity: int | None = None,
               extra_samples: int = 137, progress: bool | None = None, **knobs) -> dict:
-    """Drift report of one long synthetic utterance generated with the windowed pipeline.
+    """Drift report (``eval.drift``) of one long synthetic utterance generated with the windowed pipeline.
 
     A held-out synthface identity's neutral portrait speaks ``seconds`` (+ ``extra_samples``, a partial last
-    frame, to exercise the tail) of synthetic speech. Per chunk (the frames each window adds): colour distance of
-    the face region's mean colour to the portrait's (0-255 RGB), identity distance (the motion VAE's appearance
-    code of the chunk's frames vs the portrait's, relative L2; appearance is what carries identity through this
-    VAE), lip-sync score (best mouth/audio correlation within +-200 ms; mouth = the face reader's ``jaw_open``
-    with ``reader``, else the mouth box's mean pixel change from the portrait). Seams: face-region frame-to-frame
-    change at the seams vs the within-chunk 95th percentile. Durations: input audio, video, output audio.
-    ``knobs`` go to ``pipe.sample`` (head_motion_scale, anchor_colours, ...). With ``out_dir``: ``drift.json``
-    and ``drift.png`` written there."""
+    frame, to exercise the tail) of synthetic speech. Identity code: the motion VAE's appearance code
+    (appearance is what carries identity through this VAE). Mouth signal for lip-sync: the face reader's
+    ``jaw_open`` with ``reader``, else the mouth box's mean pixel change from the portrait. Seams are scored on
+    pixels and on the motion latents. ``knobs`` go to ``pipe.sample`` (head_motion_scale, anchor_colours, ...).
+    With ``out_dir``: ``drift.json`` and ``drift.png`` written there."""
     import time
 
     import jax.numpy as jnp
 
     from avatarjax.data.synthface import audio as synth_audio
+    from avatarjax.eval import drift
     from avatarjax.pipelines import windowed
     from avatarjax.pipelines.demo_inputs import first_heldout_identity
 
@@ -220,105 +190,34 @@ def long_form(pipe, *, seconds: float = 60.0, instruction: str = "talk with a bi
     wall = time.perf_counter() - t0
     frames, info = result.frames, result.info
     plan = windowed.WindowPlan(info["frames"], info["window"], info["overlap"], tuple(info["window_starts"]))
-    region = windowed.face_region(size)
-    envelope = lipsync.audio_rms_envelope(result.audio, num_frames=len(frames))
     if reader is not None:
-        state, _ = reader(frames, ident.to_vector())
-        mouth = state[:, schema.CHANNELS.index("jaw_open")]
+        def mouth_of(video):
+            state, _ = reader(video, ident.to_vector())
+            return state[:, schema.CHANNELS.index("jaw_open")]
+
         mouth_source = "face_reader jaw_open"
     else:
-        rows, cols = _mouth_box(ident, size)
-        ref = portrait[rows, cols].astype(np.float32)
-        mouth = np.abs(frames[:, rows, cols].astype(np.float32) - ref).mean(axis=(1, 2, 3))
-        mouth_source = "mouth-box pixel change from the portrait"
-    ref_app, _ = pipe._vae("encode")(pipe._vae_state, jnp.asarray(portrait[None]))
-    ref_app = np.asarray(ref_app, np.float32).reshape(-1)
+        mouth_of, mouth_source = drift.mouth_box_signal(ident, portrait), "mouth-box pixel change from the portrait"
 
-    chunks = []
-    for k, (first, end) in enumerate(plan.chunks()):
-        pick = np.linspace(first, end - 1, min(8, end - first)).round().astype(int)
-        app, _ = pipe._vae("encode")(pipe._vae_state, jnp.asarray(frames[pick]))
-        app = np.asarray(app, np.float32).reshape(len(pick), -1)
-        ident_dist = float(np.mean(np.linalg.norm(app - ref_app, axis=1)) / np.linalg.norm(ref_app))
-        span = slice(plan.starts[k], plan.starts[k] + plan.valid(k))  # the whole window: enough frames to correlate
-        sync, lag = (lipsync.lipsync_score(mouth[span], envelope[span], max_lag=5) if plan.valid(k) >= 16
-                     else (np.nan, 0))
-        chunks.append({"first_frame": first, "end_frame": end,
-                       "colour_distance": windowed.chunk_colour_distance(frames[first:end], portrait, region),
-                       "identity_distance": ident_dist, "lipsync": None if np.isnan(sync) else float(sync),
-                       "lipsync_lag_ms": float(lag * FRAME_MS)})
-    motion = windowed.frame_motion(frames, region)
-    latent_motion = np.abs(np.diff(result.latents, axis=0)).mean(axis=1)
-    syncs = [c["lipsync"] for c in chunks if c["lipsync"] is not None]
+    def appearance(video):
+        return np.asarray(pipe._vae("encode")(pipe._vae_state, jnp.asarray(video))[0], np.float32)
+
+    measured = drift.drift_report(frames, result.audio, portrait, plan, mouth_of=mouth_of,
+                                  truth_frames=drift.true_talking_frames(ident, result.audio, len(frames), size),
+                                  identity_code=appearance,
+                                  latent_motion=np.abs(np.diff(result.latents, axis=0)).mean(axis=1),
+                                  input_audio_samples=len(wave))
     report = {
-        "seconds_requested": seconds, "instruction": instruction, "identity_index": index, "mouth_signal": mouth_source,
+        "system": "instruct_avatar", "seconds_requested": seconds, "instruction": instruction,
+        "identity_index": index, "mouth_signal": mouth_source, "identity_code": "motion VAE appearance code",
         "windows": plan.num_windows, "window": plan.window, "overlap": plan.overlap,
         "steps_per_window": pipe.steps_per_window(seed=seed), "wall_s": round(wall, 2),
         "real_time_factor": round(wall / (len(frames) / schema.FPS), 3),
         "knobs": {k: info[k] for k in ("head_motion_scale", "expression_scale", "lip_only", "smoothing",
-                                        "anchor_colours")},
-        "duration": {"input_audio_s": len(wave) / schema.SAMPLE_RATE, "video_s": len(frames) / schema.FPS,
-                     "output_audio_s": len(result.audio) / schema.SAMPLE_RATE, "frames": len(frames),
-                     "exact_match": len(result.audio) == len(frames) * schema.SAMPLES_PER_FRAME,
-                     "tail_lost_s": max(0.0, len(wave) / schema.SAMPLE_RATE - len(frames) / schema.FPS)},
-        "colour": _relative_drift([c["colour_distance"] for c in chunks]),
-        "identity": _relative_drift([c["identity_distance"] for c in chunks]),
-        "lipsync": {**_relative_drift(syncs), "whole": float(lipsync.lipsync_score(mouth, envelope)[0])}
-        if syncs else None,
-        "seams_pixels": windowed.seam_jumps(motion, plan),
-        "seams_latents": windowed.seam_jumps(latent_motion, plan),
-        "chunks": chunks,
+                                        "anchor_colours", "harmonize")},
+        **measured,
     }
-    for key in ("seams_pixels", "seams_latents"):
-        report[key]["seam_ok"] = bool(report[key]["seam_p95"] <= report[key]["within_pair_p95"])
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "drift.json").write_text(json.dumps(report, indent=1))
-        report["plot"] = plot_drift(report, out / "drift.png")
-    return report
-
-
-def plot_drift(report: dict, path: str | Path) -> str | None:
-    """Per-chunk curves (colour, identity, lip-sync, seam jumps vs the within-chunk p95) as one PNG."""
-    from avatarjax.atomic import atomic_file
-    from avatarjax.train.plots import _pyplot
-
-    plt = _pyplot()
-    if plt is None:
-        return None
-    chunks = report["chunks"]
-    t = [c["first_frame"] / schema.FPS for c in chunks]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    panels = [("colour_distance", "colour distance to the portrait (RGB)"),
-              ("identity_distance", "identity distance (relative appearance code)"),
-              ("lipsync", f"lip-sync score ({report['mouth_signal']})")]
-    for ax, (key, title) in zip(axes.flat, panels):
-        values = [np.nan if c[key] is None else c[key] for c in chunks]
-        ax.plot(t, values, marker="o", ms=3)
-        first = values[0]
-        if np.isfinite(first) and first != 0:
-            ax.axhspan(first - 0.1 * abs(first), first + 0.1 * abs(first), color="g", alpha=0.12,
-                       label="first chunk +-10%")
-            ax.legend(fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("chunk start (s)")
-    seams = report["seams_pixels"]
-    ax = axes.flat[3]
-    ax.plot(t[1:], seams["per_seam"], marker="o", ms=3, label="seam jump")
-    ax.axhline(seams["within_p95"], color="r", ls="--", label="within-chunk p95 (one transition)")
-    ax.axhline(seams["within_pair_p95"], color="m", ls=":", label="within-chunk p95 (larger of two, like a seam)")
-    ax.set_title("seam jumps (face-region pixel change / frame)", fontsize=10)
-    ax.set_xlabel("seam time (s)")
-    ax.legend(fontsize=8)
-    fig.suptitle(f"{report['duration']['video_s']:.1f} s, {report['windows']} windows, RTF "
-                 f"{report['real_time_factor']}", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return str(path.absolute())
+    return drift.write_report(report, out_dir) if out_dir is not None else report
 
 
 def long_form_command(model, cfg, args: list[str], checkpoint=None) -> dict:

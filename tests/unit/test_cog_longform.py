@@ -253,3 +253,18 @@ def test_apply_knobs():
     np.testing.assert_allclose(half[:, C.GAZE_SLICE], values[:, C.GAZE_SLICE])  # gaze as planned
     big = pl.apply_knobs(values, expression_scale=10.0)
     assert (big[:, C.AU_SLICE] <= C.HIGH[C.AU_SLICE] + 1e-6).all()
+
+
+def test_long_form_drift_report(pipe, tmp_path):
+    """The CogPortrait drift report: exact durations, one chunk per window, a target distance per chunk (the
+    world's own face for the driving keypoints) and the shared curves, written as drift.json + drift.png."""
+    import json
+
+    report = pl.long_form(pipe, seconds=2.0, out_dir=tmp_path, progress=False, num_steps=2)
+    assert report["duration"]["exact_match"] and report["duration"]["frames"] == 51
+    assert report["system"] == "cog_portrait" and len(report["chunks"]) == report["windows"]
+    assert all(c["target_distance"] > 0 for c in report["chunks"])  # an untrained DiT: far from the target
+    assert report["lipsync"]["truth_whole"] > 0.5  # the true face's mouth follows the audio, even at 32 px
+    assert set(report["target"]) >= {"first", "max_rel_dev_from_first", "fitted_change"}
+    saved = json.loads((tmp_path / "drift.json").read_text())
+    assert saved["target"] == report["target"] and (tmp_path / "drift.png").stat().st_size > 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from avatarjax.diffusion import samplers, schedules
+from avatarjax.errors import ConfigError
 from avatarjax import media
 from avatarjax.pipelines import windowed
 
@@ -78,6 +79,17 @@ def test_replacement_sees_forward_noised_tail_and_continues_it_inside_one_jit():
     np.testing.assert_allclose(seen[:, :4], schedules.q_sample(schedule, known, jnp.array([500]), eps)[:, :4],
                                rtol=1e-6)
     np.testing.assert_array_equal(seen[:, 4:], x_t[:, 4:])
+    plan = windowed.plan_windows(20, 12, 4)
+    release = plan.release(1, 0.8)  # known frames 0..3 released below noise levels 0.2, 0.4, 0.6, 0.8
+    np.testing.assert_allclose(release[:5], [0.2, 0.4, 0.6, 0.8, 0.0], atol=1e-6)
+    assert not plan.release(1, 0.0).any() and not plan.release(0, 0.8).any()  # no prefix in the first window
+    partly = windowed.replacement_denoise(lambda x, t: x, noiser, known, mask, eps, jnp.asarray(release), 1000.0)
+    seen = partly(x_t, jnp.array([500]))  # level 0.5: frames 0 and 1 still re-imposed, 2 and 3 left to the network
+    np.testing.assert_allclose(seen[:, :2], schedules.q_sample(schedule, known, jnp.array([500]), eps)[:, :2],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(seen[:, 2:], x_t[:, 2:])
+    with pytest.raises(ConfigError, match="harmonize"):
+        plan.release(1, 1.5)
 
     def flat_model(x, t):  # the exact x0 posterior mean for clips constant in time, level ~ N(0, 1)
         a, s = schedules.signal_noise_scales(schedule, t, x)
@@ -206,3 +218,21 @@ def test_sample_pastes_the_animated_face_back_into_a_wider_picture(small_pipe, t
     assert np.abs(frames[-1].astype(int) - scene.astype(int))[inside].mean() > 1  # the face there moved
     centre = report["crop_box"]["centre"]
     assert abs(centre[0] - 114) < 8 and abs(centre[1] - 94) < 8  # the face's box in the picture
+
+
+def test_long_form_drift_report_scores_lip_sync_against_the_worlds_own_face(small_pipe, tmp_path):
+    """The drift report: exact durations, per-chunk curves, and a ground-truth lip-sync reference (the synthface
+    world's own jaw for the same audio, measured the same way) that itself syncs well."""
+    import json
+
+    from avatarjax.pipelines.instruct_avatar_eval import long_form
+
+    report = long_form(small_pipe, seconds=3.0, out_dir=tmp_path, progress=False, window=16, overlap=4,
+                       num_steps=2)
+    assert report["duration"]["exact_match"] and report["duration"]["tail_lost_s"] == 0.0
+    assert report["windows"] == windowed.plan_windows(report["duration"]["frames"], 16, 4).num_windows
+    assert report["lipsync"]["truth_whole"] > 0.8  # the measurement sees the true face's mouth follow the audio
+    chunks = [c for c in report["chunks"] if c["lipsync_relative"] is not None]
+    assert chunks and all(abs(c["lipsync_relative"] - c["lipsync"] / c["lipsync_truth"]) < 1e-9 for c in chunks)
+    saved = json.loads((tmp_path / "drift.json").read_text())
+    assert saved["lipsync_relative"] == report["lipsync_relative"] and (tmp_path / "drift.png").stat().st_size > 0

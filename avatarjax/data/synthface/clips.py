@@ -197,9 +197,13 @@ def talking_audio(label: str, intensity: int, num_frames: int, rng: np.random.Ge
     return wav, {"source": "synth", **ev}
 
 
+LIP_LAG_FRAMES = 2  # the mouth follows the audio by 2 frames (80 ms) in every generated talking clip
+
+
 def generate_clip(seed: int, *, identity: int, kind: str | None = None, label: str | None = None,
                   intensity: int | None = None, num_frames: int | None = None, split: str = "train",
-                  lip_lag_frames: int = 2, num_instructions: int = NUM_INSTRUCTIONS, audio_source: str = "synth",
+                  lip_lag_frames: int = LIP_LAG_FRAMES, num_instructions: int = NUM_INSTRUCTIONS,
+                  audio_source: str = "synth",
                   partner_identity: int | None = None) -> Clip:
     """Generate one clip, fully deterministic per arguments (see the module docstring for the defaults).
 

@@ -460,7 +460,11 @@ def evaluate(model: CogPortraitSystem, cfg, args: list[str], checkpoint=None) ->
     from avatarjax.pipelines import cog_portrait as pipeline_lib
     from avatarjax.pipelines.instruct_avatar_eval import Reader
 
-    p = argparse.ArgumentParser(prog="avatarjax eval (cog_portrait)")
+    if any(a == "--long-seconds" or a.startswith("--long-seconds=") for a in args):  # the long-form drift report
+        return _long_form_command(model, cfg, args)
+    p = argparse.ArgumentParser(prog="avatarjax eval (cog_portrait)",
+                                epilog="--long-seconds S [--out DIR] [--window W --overlap O ...]: the long-form "
+                                       "drift report instead")
     p.add_argument("--reader", required=True, help="a trained face_reader workdir or export")
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--settings", default="dynamic,static")
@@ -468,6 +472,35 @@ def evaluate(model: CogPortraitSystem, cfg, args: list[str], checkpoint=None) ->
     ns = p.parse_args(args)
     return pipeline_lib.evaluate(_pipeline(model, cfg), Reader(ns.reader), clips=ns.clips,
                                  settings=tuple(ns.settings.split(",")), seed=ns.seed)
+
+
+def _long_form_command(model: CogPortraitSystem, cfg, args: list[str]) -> dict:
+    """``avatarjax eval --checkpoint W -- --long-seconds S [--out DIR] [--instruction T] [--seed S] [--window W]
+    [--overlap O] [--smoothing S] [--anchor-colours] [--steps N] [--guidance G]``: ``pipelines.cog_portrait.long_form``
+    (drift.json and drift.png in ``--out``)."""
+    import argparse
+
+    from avatarjax.pipelines import cog_portrait as pipeline_lib
+
+    p = argparse.ArgumentParser(prog="avatarjax eval (cog_portrait, long form)")
+    p.add_argument("--long-seconds", type=float, required=True, help="length of the synthetic utterance")
+    p.add_argument("--out", default="outputs/long_form_cog", help="directory for drift.json and drift.png")
+    p.add_argument("--instruction", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--identity", type=int, default=None, help="synthface identity (default: first held-out)")
+    p.add_argument("--window", type=int, default=None, help="window frames, 1 + 4k (default: the training clip)")
+    p.add_argument("--overlap", type=int, default=None, help="overlap frames, a multiple of 4")
+    p.add_argument("--smoothing", type=float, default=0.0)
+    p.add_argument("--anchor-colours", action="store_true")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the config's)")
+    p.add_argument("--guidance", default=None, choices=("dynamic", "static", "none"))
+    ns = p.parse_args(args)
+    options = {k: v for k, v in (("num_steps", ns.steps), ("guidance", ns.guidance)) if v is not None}
+    report = pipeline_lib.long_form(_pipeline(model, cfg), seconds=ns.long_seconds, instruction=ns.instruction,
+                                    seed=ns.seed, out_dir=ns.out, identity=ns.identity, window=ns.window,
+                                    overlap=ns.overlap, smoothing=ns.smoothing, anchor_colours=ns.anchor_colours,
+                                    **options)
+    return {k: v for k, v in report.items() if k != "chunks"}
 
 
 COG_PORTRAIT_TASK = Task(name="cog_portrait", model_config=CogPortraitTaskConfig, data_config=CogPortraitDataConfig,
