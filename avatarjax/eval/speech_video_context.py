@@ -1,9 +1,11 @@
 """Body of Her: how much the speech-video LM uses the dialogue context (``avatarjax eval ... -- --context-ablation``).
 
 Teacher-forced metrics on held-out (eval split) packed windows, each computed for the same model and the same
-windows under three input conditions (``CONDITIONS``):
+windows under four input conditions (``CONDITIONS``):
 
 - ``full``: the windows as they are (human audio codes and video tokens, text prompt, motion, identity);
+- ``no_motion``: ``full`` with only the motion trajectory absent (its learned empty token): what the trajectory
+  slot adds, i.e. whether a planner's trajectory can steer the model;
 - ``no_human``: the human side replaced by what the model sees for an absent human: the human's audio codes set
   to the codes of a silent frame (``absent_human_codes``: the stand-in quantiser's or the DAC's silence, what the
   duplex agent feeds when no human audio arrives) and the human's video marked absent (its learned empty tokens);
@@ -41,7 +43,7 @@ from avatarjax.diffusion.schedules import q_sample
 from avatarjax.errors import ConfigError
 from avatarjax.models import speech_video_lm as svlm
 
-CONDITIONS = ("full", "no_human", "no_context")
+CONDITIONS = ("full", "no_motion", "no_human", "no_context")
 _SUMS = ("nll", "hits", "count", "hits_q0", "count_q0", "video_se", "video_count")
 
 
@@ -65,20 +67,23 @@ def absent_human_codes(cfg, mode: str = "silence") -> np.ndarray:
                                 tuple(cfg.data.code_range))[0]
 
 
-CONDITION_FLAGS = {"full": (False, False), "no_human": (True, False), "no_context": (True, True)}
+# (human removed, prompt / motion / identity removed, motion removed)
+CONDITION_FLAGS = {"full": (False, False, False), "no_motion": (False, False, True), "no_human": (True, False, False),
+                   "no_context": (True, True, True)}
 
 
 def ablate(batch: dict, condition: str, absent_codes) -> dict:
     """The batch as the model sees it under ``condition`` (see the module docstring); a new dict, same shapes."""
     if condition not in CONDITIONS:
         raise ConfigError(f"unknown context condition '{condition}': use one of {CONDITIONS}")
-    human_off, controls_off = CONDITION_FLAGS[condition]
-    return ablate_flags(batch, jnp.asarray(human_off), jnp.asarray(controls_off), absent_codes)
+    return ablate_flags(batch, *map(jnp.asarray, CONDITION_FLAGS[condition]), absent_codes)
 
 
-def ablate_flags(batch: dict, human_off: jax.Array, controls_off: jax.Array, absent_codes) -> dict:
-    """``ablate`` with the condition as two (traceable) booleans: the human side removed, the prompt / motion /
-    identity removed; one compiled function serves every condition."""
+def ablate_flags(batch: dict, human_off: jax.Array, controls_off: jax.Array, motion_off: jax.Array,
+                 absent_codes) -> dict:
+    """``ablate`` with the condition as three (traceable) booleans: the human side removed, the prompt / motion /
+    identity removed, the motion alone removed; one compiled function serves every condition."""
+    motion_off = motion_off | controls_off
     codes = jnp.asarray(batch["human_codes"])
     absent = jnp.broadcast_to(jnp.asarray(absent_codes, codes.dtype), codes.shape)
     off = lambda flag, x, empty: jnp.where(flag, empty, x)  # noqa: E731
@@ -87,8 +92,8 @@ def ablate_flags(batch: dict, human_off: jax.Array, controls_off: jax.Array, abs
             "human_video_mask": jnp.asarray(batch["human_video_mask"]).astype(bool) & ~human_off,
             "text": off(controls_off, batch["text"], 0.0).astype(batch["text"].dtype),
             "text_mask": jnp.asarray(batch["text_mask"]).astype(bool) & ~controls_off,
-            "motion": off(controls_off, batch["motion"], 0.0).astype(batch["motion"].dtype),
-            "motion_mask": jnp.asarray(batch["motion_mask"]).astype(bool) & ~controls_off,
+            "motion": off(motion_off, batch["motion"], 0.0).astype(batch["motion"].dtype),
+            "motion_mask": jnp.asarray(batch["motion_mask"]).astype(bool) & ~motion_off,
             "identity": off(controls_off, batch["identity"], -1).astype(batch["identity"].dtype)}
 
 
@@ -156,10 +161,10 @@ class ContextScorer:
         self.stage, self.timesteps, self.conditions = stage, tuple(timesteps), tuple(conditions)
         video = stage == 2 and bool(self.timesteps)
 
-        def one(params, batch, absent, key, human_off, controls_off):
+        def one(params, batch, absent, key, human_off, controls_off, motion_off):
             model = nnx.merge(self.graphdef, params)
-            return row_sums(model, stage_inputs(ablate_flags(batch, human_off, controls_off, absent), stage), key,
-                            self.timesteps, video)
+            ablated = ablate_flags(batch, human_off, controls_off, motion_off, absent)
+            return row_sums(model, stage_inputs(ablated, stage), key, self.timesteps, video)
 
         self._one = jax.jit(one)
 
@@ -203,7 +208,7 @@ def summarise(rows: dict[str, dict[str, np.ndarray]], video: bool) -> dict:
 
 def evaluate_context(model, cfg, args: list[str], checkpoint=None) -> dict:
     """``avatarjax eval --checkpoint W -- --context-ablation [--batches N] [--timesteps M] [--seed S]
-    [--absent-audio silence|special]``: the three-condition table on the eval split (see the module docstring).
+    [--absent-audio silence|special]``: the four-condition table on the eval split (see the module docstring).
     ``model`` is the task's ``SpeechVideoSystem`` (or a bare ``SpeechVideoLM``)."""
     from avatarjax.train.objectives.speech_video import dataset
 

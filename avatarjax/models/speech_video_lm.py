@@ -457,8 +457,18 @@ class SpeechVideoLM(nnx.Module):
         """States ``[..., L, dim]`` -> the diffusion head's conditions ``[..., K, dim]`` (agent-video slots)."""
         return h[..., frame_layout(self.cfg)["agent_video"], :]
 
-    def __call__(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    def __call__(self, batch: dict[str, jax.Array], context_noise: float = 0.0,
+                 key: jax.Array | None = None) -> dict[str, jax.Array]:
+        """``context_noise`` (training only, with ``key``): Gaussian noise of that std added to the agent's
+        previous-frame video tokens it reads (not to the targets), so the next frame cannot be copied from the
+        last one and the controls (motion trajectory) carry a loss signal; it also trains the model on the
+        imperfect frames it feeds itself when streaming."""
         inputs, targets = self.model_inputs(batch)
+        if context_noise > 0:
+            if key is None:
+                raise ConfigError("context_noise needs a random key")
+            noise = jax.random.normal(key, inputs.agent_video.shape, jnp.float32) * context_noise
+            inputs = inputs._replace(agent_video=(inputs.agent_video + noise).astype(inputs.agent_video.dtype))
         seg = batch.get("segment_ids")
         h = self.hidden_states(inputs, None if seg is None else targets["segment_ids"])
         return {"hidden": h, "audio_logits": self.audio_logits(h), "video_condition": self.video_condition(h),
@@ -496,15 +506,21 @@ def nll_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[ja
 
 
 def speech_video_loss(model: SpeechVideoLM, batch: dict[str, jax.Array], key: jax.Array, *, stage: int,
-                      diffusion_weight: float = 1.0, batch_mul: int = 4) -> tuple[jax.Array, dict[str, jax.Array]]:
+                      diffusion_weight: float = 1.0, batch_mul: int = 4,
+                      context_noise: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Stage 1: audio NLL (paper eq. 3; video inputs replaced by empty tokens). Stage 2: NLL + ``diffusion_weight``
-    x the diffusion loss on the agent's video tokens (eq. 4). Missing modalities are masked via the batch."""
+    x the diffusion loss on the agent's video tokens (eq. 4). Missing modalities are masked via the batch.
+    ``context_noise``: see ``SpeechVideoLM.__call__`` (0 = the paper's plain teacher forcing)."""
     if stage not in (1, 2):
         raise ConfigError(f"loss stage must be 1 (audio only) or 2 (audio + video), got {stage}")
     if stage == 1:
         batch = {**batch, "agent_video_mask": jnp.zeros_like(batch["agent_video_mask"]),
                  "human_video_mask": jnp.zeros_like(batch["human_video_mask"])}
-    out = model(batch)
+    if stage == 2 and context_noise > 0:
+        key, noise_key = jax.random.split(key)
+        out = model(batch, context_noise, noise_key)
+    else:
+        out = model(batch)
     nll, metrics = nll_loss(out["audio_logits"], out["target_audio"], out["target_audio_mask"])
     metrics = {"nll": nll, **metrics}
     total = nll

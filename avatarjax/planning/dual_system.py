@@ -29,8 +29,10 @@ plan still in flight for the old one dropped). On time = picked up within ``on_t
 VLM answers in 0.5-1 s) of its first frame.
 
 What a plan can steer in our speech-video LM (``models/speech_video_lm.StreamControls``): the **trajectory** enters
-through the LM's motion slot, per frame, as the training data's motion features (``speech_video.motion_trajectory``:
-the velocities of yaw, pitch and roll scaled to [-1, 1] by their ranges, times 10; translation velocities 0); the
+through the LM's motion slot, per frame, as the training data's motion features (``speech_video.motion_trajectory``
+of the LM's ``data.motion_features``, passed as ``motion_features``: ``"velocity"``, the velocities of yaw, pitch
+and roll scaled to [-1, 1] by their ranges, times 10, translation velocities 0; or ``"pose"``, the scaled yaw,
+pitch and roll themselves); the
 **prompt** through the text slot, only for an LM trained with ``data.text_encoder`` (else it is not used and a
 note says so). Gaze and the emotion / behaviour labels have no input of their own: they act only through the text
 prompt. Whether the LM follows them is a property of its training; ``synthface_planner.evaluate_planner`` measures
@@ -198,14 +200,17 @@ def parse_plan(obj: Any, *, horizon_s: float = HORIZON_S, fps: float = FPS) -> D
                     trajectory=traj)
 
 
-def motion_features(trajectory: np.ndarray) -> np.ndarray:
-    """Trajectory ``[T, 5]`` (degrees) -> the LM's motion features ``[T, 6]`` (as
-    ``speech_video.motion_trajectory``: scaled head-rotation velocities x 10, first frame 0; translation 0)."""
+def motion_features(trajectory: np.ndarray, kind: str = "velocity") -> np.ndarray:
+    """Trajectory ``[T, 5]`` (degrees) -> the LM's motion features ``[T, 6]``, as
+    ``speech_video.motion_trajectory(state, kind)``: ``"velocity"``: scaled head-rotation velocities x 10, first
+    frame 0; ``"pose"``: the scaled head rotation; translation channels 0 in both."""
+    if kind not in ("velocity", "pose"):
+        raise AvatarError(f"unknown motion features '{kind}': choose velocity or pose (the LM's data.motion_features)")
     lo = np.array([TRAJECTORY_RANGES[c][0] for c in HEAD_CHANNELS], np.float32)
     hi = np.array([TRAJECTORY_RANGES[c][1] for c in HEAD_CHANNELS], np.float32)
     x = 2 * (np.asarray(trajectory, np.float32)[:, :3] - lo) / (hi - lo) - 1
     out = np.zeros((x.shape[0], 6), np.float32)
-    out[:, :3] = np.diff(x, axis=0, prepend=x[:1]) * MOTION_SCALE
+    out[:, :3] = x if kind == "pose" else np.diff(x, axis=0, prepend=x[:1]) * MOTION_SCALE
     return out
 
 
@@ -409,13 +414,15 @@ class AsyncPlanner:
     second, the last four); encode_prompt: ``prompt -> {"text", "text_mask"}`` fields or None (the LM has no text
     input), run in the planner thread; transcript: a :class:`Transcript` (optional); request: a dict or
     ``frame -> dict`` of machine-readable context for the backend; on_time_frames: how late (frames after its first
-    frame) a plan may start and still count as on time."""
+    frame) a plan may start and still count as on time; motion_features: the LM's ``data.motion_features``
+    (``"velocity"`` or ``"pose"``), the form the trajectory is fed in."""
 
     def __init__(self, backend: L.Backend, *, images: bool = False, cadence_frames: int = FPS,
                  keyframe_every: int = FPS, num_keyframes: int = 4, horizon_s: float = HORIZON_S, fps: float = FPS,
                  encode_prompt: Callable[[str], dict | None] | None = None, transcript: Transcript | None = None,
                  request: dict | Callable[[int], dict] | None = None, on_time_frames: int = FPS,
-                 max_repairs: int = 0, seed: int = 0, clock: Callable[[], float] = time.perf_counter):
+                 max_repairs: int = 0, seed: int = 0, clock: Callable[[], float] = time.perf_counter,
+                 motion_features: str = "velocity"):
         if cadence_frames < 1 or keyframe_every < 1 or num_keyframes < 1:
             raise AvatarError("the planner's cadence_frames, keyframe_every and num_keyframes must be >= 1")
         self.backend, self.images = backend, bool(images)
@@ -424,6 +431,10 @@ class AsyncPlanner:
         self.encode_prompt, self.transcript, self.request = encode_prompt, transcript, request
         self.on_time_frames, self.max_repairs = int(on_time_frames), int(max_repairs)
         self.seed, self.clock = seed, clock
+        if motion_features not in ("velocity", "pose"):
+            raise AvatarError(f"motion_features must be velocity or pose (the LM's data.motion_features), got "
+                              f"'{motion_features}'")
+        self.motion_features = motion_features
         self._buffer: deque[Keyframe] = deque(maxlen=(self.num_keyframes - 1) * self.every + 1)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -513,7 +524,7 @@ class AsyncPlanner:
             plan, _ = self.active
             k = frame - plan.start_frame
             if 0 <= k < plan.horizon_frames:
-                fields["motion"] = plan_motion(plan)[k][None]
+                fields["motion"] = plan_motion(plan, self.motion_features)[k][None]
                 fields["motion_mask"] = np.ones((1,), bool)
                 self._motion_on = True
             elif frame >= plan.end_frame:
@@ -613,13 +624,15 @@ class AsyncPlanner:
 _MOTION_CACHE_ATTR = "_motion"
 
 
-def plan_motion(plan: DualPlan) -> np.ndarray:
-    """The plan's motion features ``[horizon, 6]`` (computed once per plan)."""
-    m = getattr(plan, _MOTION_CACHE_ATTR, None)
-    if m is None:
-        m = motion_features(plan.trajectory)
-        setattr(plan, _MOTION_CACHE_ATTR, m)
-    return m
+def plan_motion(plan: DualPlan, kind: str = "velocity") -> np.ndarray:
+    """The plan's motion features ``[horizon, 6]`` of ``kind`` (computed once per plan and kind)."""
+    cache = getattr(plan, _MOTION_CACHE_ATTR, None)
+    if cache is None:
+        cache = {}
+        setattr(plan, _MOTION_CACHE_ATTR, cache)
+    if kind not in cache:
+        cache[kind] = motion_features(plan.trajectory, kind)
+    return cache[kind]
 
 
 def agent_prompt_encoder(agent) -> Callable[[str], dict | None] | None:

@@ -416,7 +416,8 @@ def evaluate_planner(model, cfg, args: list[str], checkpoint=None, agent=None) -
             if x != "none":
                 planner = DS.AsyncPlanner(SynthfaceWorldBackend(x, delay_s=ns.delay), cadence_frames=ns.cadence,
                                           encode_prompt=encode, transcript=session_transcript(session),
-                                          request=world_request(seed, sp, li, data.session_frames, "eval"))
+                                          request=world_request(seed, sp, li, data.session_frames, "eval"),
+                                          motion_features=getattr(data, "motion_features", "velocity"))
                 rec = _Recorder(planner, frames)
                 with planner:
                     chunks = _paced(audio) if ns.realtime else audio

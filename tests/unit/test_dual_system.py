@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarjax.errors import DataError
+from avatarjax.errors import AvatarError, DataError
 from avatarjax.planning import dual_system as DS
 from avatarjax.planning import llm as L
 from avatarjax.planning import synthface_planner as SP
@@ -68,12 +68,19 @@ def test_malformed_plans_are_rejected_with_the_reason(mutate, reason):
         DS.parse_plan(d)
 
 
-def test_motion_features_match_the_lm_training_features():
+@pytest.mark.parametrize("kind", ["velocity", "pose"])
+def test_motion_features_match_the_lm_training_features(kind):
     from avatarjax.train.objectives.speech_video import motion_trajectory
 
     state = SP._session(11, 2, 5, 150, "eval").listeners[0].state[:75]
     traj = SP._pose_gaze(state)
-    np.testing.assert_allclose(DS.motion_features(traj)[:, :3], motion_trajectory(state)[:, :3], atol=1e-5)
+    ours, lm = DS.motion_features(traj, kind), motion_trajectory(state, kind)
+    np.testing.assert_allclose(ours[:, :3], lm[:, :3], atol=1e-5)
+    assert np.std(ours[:, :3]) > 0.01
+    if kind == "pose":  # translation is never planned, and the LM's pose features leave it out too
+        assert not ours[:, 3:].any() and not lm[:, 3:].any()
+    with pytest.raises(AvatarError, match="velocity or pose"):
+        DS.motion_features(traj, "angles")
 
 
 def test_transcript_lines_and_no_future_leak():

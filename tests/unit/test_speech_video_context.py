@@ -65,6 +65,12 @@ def test_baseline_removes_the_human_side_and_conditioning(setup):
     # prompt, motion and identity reach (c) but not (b)
     assert not np.allclose(_logits(model, other_prompt, "no_human", absent), no_human, atol=1e-4)
     np.testing.assert_array_equal(_logits(model, other_prompt, "no_context", absent), base)
+    # no_motion: only the trajectory is emptied (the human side and the prompt still reach it)
+    no_motion = _logits(model, batch, "no_motion", absent)
+    assert not np.allclose(no_motion, full, atol=1e-4)
+    other_motion = {**batch, "motion": batch["motion"] + 1.0}
+    np.testing.assert_array_equal(_logits(model, other_motion, "no_motion", absent), no_motion)
+    assert not np.allclose(_logits(model, other_human, "no_motion", absent), no_motion, atol=1e-4)
     # the agent's own targets are untouched
     out_full, out_base = model.net(batch), model.net(C.ablate(batch, "no_context", absent))
     for k in ("target_audio", "target_audio_mask", "target_video", "target_video_mask"):
@@ -118,7 +124,7 @@ def test_task_eval_dispatches_to_the_context_ablation(setup):
     assert report["diffusion_timesteps"] == [250, 750] and report["audio_targets"] > 0
     for row in report["context_ablation"].values():
         assert all(np.isfinite(v) for v in row.values())
-    assert set(report["paired_vs_full"]) == {"no_human", "no_context"}
+    assert set(report["paired_vs_full"]) == {"no_motion", "no_human", "no_context"}
     special = sv.evaluate(model, cfg, ["--context-ablation", "--batches", "1", "--timesteps", "2",
                                        "--absent-audio", "special"])
     assert special["absent_human_audio"]["codes"] == [cfg.model.net.codebook_size] * cfg.model.net.num_codebooks

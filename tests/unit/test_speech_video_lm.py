@@ -227,6 +227,24 @@ def test_missing_modalities_use_empty_tokens(model):
     np.testing.assert_allclose(total, m["nll"] + 0.5 * m["diffusion"], rtol=1e-6)
 
 
+def test_context_noise_perturbs_only_the_agents_previous_frame(model):
+    batch = make_batch(2)
+    clean = model(batch)
+    noisy = model(batch, 0.1, jax.random.key(3))
+    for k in ("target_video", "target_audio", "target_video_mask"):
+        np.testing.assert_array_equal(clean[k], noisy[k])  # targets stay clean
+    assert not np.allclose(clean["hidden"], noisy["hidden"], atol=1e-5)
+    # nothing of frame 0 changes (its previous frame is the empty token), and the human side is untouched
+    np.testing.assert_allclose(clean["hidden"][:, 0], noisy["hidden"][:, 0], atol=1e-6)
+    np.testing.assert_array_equal(model(batch, 0.1, jax.random.key(3))["hidden"], noisy["hidden"])
+    a, _ = S.speech_video_loss(model, batch, jax.random.key(0), stage=2)
+    b, _ = S.speech_video_loss(model, batch, jax.random.key(0), stage=2, context_noise=0.0)
+    c, _ = S.speech_video_loss(model, batch, jax.random.key(0), stage=2, context_noise=0.5)
+    assert float(a) == float(b) != float(c)
+    with pytest.raises(Exception, match="random key"):
+        model(batch, 0.1)
+
+
 def test_packing_isolates_windows(model):
     t, cut = 8, 3  # window 1: frames 0..2, window 2: frames 3..7
     seg = jnp.asarray(np.repeat([[1] * cut + [2] * (t - cut)], 2, axis=0))

@@ -16,9 +16,15 @@ Data (a stand-in until the real tokenizers are wired): synthface dyadic sessions
 - video tokens ``[T, K, D]`` (**stand-in for the video tokenizer**, ``stand_in_video_tokens``): the 17 control
   channels and 4 mouth channels of the face state, each scaled to [-1, 1] by its range, times a fixed random
   matrix ``[21, K * D]`` (seed ``VIDEO_PROJECTION_SEED``, entries N(0, 1/21)), reshaped to ``[K, D]``.
-- motion trajectory ``[T, 6]``: per-frame velocities of the agent's head rotation (yaw, pitch, roll) and
-  translation (tx, ty, depth), each scaled to [-1, 1] by its range and multiplied by 10; present with
-  probability ``motion_prob`` per window.
+- motion trajectory ``[T, 6]`` (``motion_trajectory``), present with probability ``motion_prob`` per window, in one
+  of two forms (``data.motion_features``):
+
+  - ``"velocity"`` (the paper's per-joint velocities, default): per-frame velocities of the agent's head rotation
+    (yaw, pitch, roll) and translation (tx, ty, depth), each scaled to [-1, 1] by its range, times 10 (frame 0:
+    0). Block ``i`` sees frame ``i - 1``'s video and ``r_i``, so the slot tells the pose change into frame ``i``:
+    a per-frame change of a few hundredths of the scaled range, which the diffusion loss barely rewards.
+  - ``"pose"``: the head rotation the frame should have (yaw, pitch, roll scaled to [-1, 1]; the three
+    translation channels 0, since a planner plans rotation only), a target the LM can copy.
 - text prompt: pooled features of the agent clip's first instruction from ``data.text_encoder`` (an
   ``encoders.instruction_features`` spec: ``"minilm"`` or ``"clip:DIR"``; ``""`` = text always absent).
 - identity: the agent's synthface identity (present with probability ``identity_prob``).
@@ -56,12 +62,16 @@ VIDEO_PROJECTION_SEED = 0x5EED
 VIDEO_CHANNELS = slice(0, 21)  # 17 controls + 4 mouth channels
 MOTION_CHANNELS = np.array([schema.INDEX[c] for c in ("yaw", "pitch", "roll", "tx", "ty", "depth")])
 MOTION_SCALE = 10.0
+MOTION_FEATURES = ("velocity", "pose")
 
 @dataclasses.dataclass(frozen=True)
 class SpeechVideoLossConfig:
     stage: int = 2  # 1: audio-only NLL (paper eq. 3); 2: NLL + diffusion_weight x diffusion loss (eq. 4)
     diffusion_weight: float = 1.0
     diffusion_batch_mul: int = 4  # noisy copies per video token (MAR)
+    # std of Gaussian noise on the agent's previous-frame video tokens the LM reads (not the targets); 0 = plain
+    # teacher forcing (the paper). > 0 makes the motion trajectory carry a loss signal (SpeechVideoLM.__call__)
+    context_noise: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +95,7 @@ class SpeechVideoDataConfig:
     agent_video_prob: float = 1.0
     human_video_prob: float = 0.8
     motion_prob: float = 0.5
+    motion_features: str = "velocity"  # "velocity" (paper: per-joint velocities) | "pose" (target head rotation)
     identity_prob: float = 0.8
     text_prob: float = 0.5
     text_encoder: str = ""  # "" (no text) | "minilm" | "clip:DIR" (pooled dim must equal model.net.text_dim)
@@ -157,9 +168,15 @@ def stand_in_video_tokens(state: np.ndarray, tokens: int, dim: int) -> np.ndarra
     return flat.reshape(state.shape[0], tokens, dim)
 
 
-def motion_trajectory(state: np.ndarray) -> np.ndarray:
-    """Head rotation and translation velocities ``[T, 6]`` (scaled; frame 0 has velocity 0)."""
+def motion_trajectory(state: np.ndarray, kind: str = "velocity") -> np.ndarray:
+    """Face state ``[T, 24]`` -> motion features ``[T, 6]`` of ``kind`` (``MOTION_FEATURES``; module docstring):
+    ``"velocity"``: head rotation and translation velocities (scaled x ``MOTION_SCALE``; frame 0 has velocity 0);
+    ``"pose"``: scaled head rotation, translation channels 0."""
     x = _scaled(state)[:, MOTION_CHANNELS]
+    if kind == "pose":
+        return np.concatenate([x[:, :3], np.zeros_like(x[:, 3:])], axis=1).astype(np.float32)
+    if kind != "velocity":
+        raise ConfigError(f"unknown motion features '{kind}': choose from {', '.join(MOTION_FEATURES)}")
     return (np.diff(x, axis=0, prepend=x[:1]) * MOTION_SCALE).astype(np.float32)
 
 
@@ -180,6 +197,9 @@ def check_config(cfg) -> None:
     if net.motion_dim != 6:
         raise ConfigError(f"model.net.motion_dim must be 6 for synthface trajectories (head rotation and "
                           f"translation velocities), got {net.motion_dim}")
+    if data.motion_features not in MOTION_FEATURES:
+        raise ConfigError(f"data.motion_features='{data.motion_features}' is unknown: choose from "
+                          f"{', '.join(MOTION_FEATURES)}")
     if cfg.model.loss.stage not in (1, 2):
         raise ConfigError(f"model.loss.stage must be 1 or 2, got {cfg.model.loss.stage}")
     lo, hi = data.code_range
@@ -268,8 +288,8 @@ class DialogueSessions(MemoisedSessions):
             out[role] = {"codes": stand_in_audio_codes(audio, t, net.num_codebooks, net.codebook_size,
                                                        data.code_range),
                          "video": stand_in_video_tokens(clip.state[:t], net.video_tokens, net.video_dim),
-                         "motion": motion_trajectory(clip.state[:t]), "text": text.astype(np.float32),
-                         "identity": int(clip.identity)}
+                         "motion": motion_trajectory(clip.state[:t], data.motion_features),
+                         "text": text.astype(np.float32), "identity": int(clip.identity)}
         return out
 
     def __getitem__(self, index: int) -> int:
@@ -354,7 +374,7 @@ def loss(model: SpeechVideoSystem, batch, key, step):
     settings = model.settings.loss
     return svlm.speech_video_loss(model.net, batch, key, stage=settings.stage,
                                   diffusion_weight=settings.diffusion_weight,
-                                  batch_mul=settings.diffusion_batch_mul)
+                                  batch_mul=settings.diffusion_batch_mul, context_noise=settings.context_noise)
 
 
 def flops_per_example(cfg) -> float:
