@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -581,6 +582,30 @@ class WanVAE(nnx.Module):
             out = _run_chunks(step, x[:, :1], x[:, 1:, None], chunking)
         out = unpatchify(out.astype(jnp.float32), cfg.patch_size)
         return jnp.clip(out, -1.0, 1.0) if clip else out
+
+
+    def decode_start(self, z0: jax.Array) -> tuple[jax.Array, Any]:
+        """Begin a streaming decode: the first latent ``[B, 1, h, w, z]`` -> (its frame ``[B, 1, H, W, C]`` in
+        [-1, 1], the decoder's causal cache). Continue with ``decode_continue``."""
+        self._check(z0.shape, "latents", self.cfg.z_dim, 1)
+        y, cache = self.decoder(self.post_quant_conv(z0)[0], None, True)
+        return jnp.clip(unpatchify(y.astype(jnp.float32), self.cfg.patch_size), -1.0, 1.0), cache
+
+    def decode_continue(self, z: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+        """The next latents ``[B, n, h, w, z]`` of a streaming decode -> (their ``4n`` frames ``[B, 4n, H, W, C]``,
+        the updated cache): segment by segment, the same frames as one ``decode`` of the whole sequence (the causal
+        cache carries every earlier latent's context), at fixed memory per segment."""
+        self._check(z.shape, "latents", self.cfg.z_dim, 1)
+        x = self.post_quant_conv(z)[0]
+
+        def body(carry, chunk):
+            y, carry = self.decoder(chunk, carry, False)
+            return carry, y
+
+        cache, ys = jax.lax.scan(body, cache, jnp.moveaxis(x[:, :, None], 1, 0))
+        ys = jnp.moveaxis(ys, 0, 1)
+        out = unpatchify(ys.reshape((ys.shape[0], -1) + ys.shape[3:]).astype(jnp.float32), self.cfg.patch_size)
+        return jnp.clip(out, -1.0, 1.0), cache
 
 
 def _check_chunking(chunking: str) -> None:

@@ -45,10 +45,19 @@ class PoolVAE(nnx.Module):
         mean = pooled @ self.proj[...]
         return mean, jnp.zeros_like(mean)
 
-    def decode(self, z):
+    def _rgb(self, z):
         rgb = z @ jnp.linalg.pinv(self.proj[...])
-        rgb = jnp.repeat(jnp.repeat(rgb, 8, 2), 8, 3)
+        return jnp.repeat(jnp.repeat(rgb, 8, 2), 8, 3)
+
+    def decode(self, z):
+        rgb = self._rgb(z)
         return jnp.clip(jnp.concatenate([rgb[:, :1], jnp.repeat(rgb[:, 1:], 4, 1)], 1), -1, 1)
+
+    def decode_start(self, z0):  # frame-local: the streaming decode needs no cache
+        return jnp.clip(self._rgb(z0), -1, 1), jnp.zeros(())
+
+    def decode_continue(self, z, cache):
+        return jnp.clip(jnp.repeat(self._rgb(z), 4, 1), -1, 1), cache
 
 
 class FakeText:

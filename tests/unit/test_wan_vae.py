@@ -105,6 +105,22 @@ def test_decoder_is_causal(tiny):
 
 
 @pytest.mark.parametrize("cfg", [TINY21, TINY22], ids=["wan21", "wan22"])
+def test_streaming_decode_in_segments_equals_one_decode(cfg):
+    """decode_start + decode_continue over segments (the cache carried) give the frames of one whole decode."""
+    model = _model(cfg)
+    z = np.random.default_rng(2).standard_normal((1, 8, 2, 2, cfg.z_dim)).astype(np.float32)
+    whole = np.asarray(jax.jit(lambda z: model.decode(z))(jnp.asarray(z)))
+    start = jax.jit(lambda z0: model.decode_start(z0))
+    more = jax.jit(lambda z, cache: model.decode_continue(z, cache))
+    first, cache = start(jnp.asarray(z[:, :1]))
+    parts = [np.asarray(first)]
+    for i in range(1, 8, 3):  # segments of 3, 3 and 1 latents
+        frames, cache = more(jnp.asarray(z[:, i:i + 3]), cache)
+        parts.append(np.asarray(frames))
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [TINY21, TINY22], ids=["wan21", "wan22"])
 def test_analytic_flops_match_xla(cfg):
     """At 8 latent pixels a side (XLA leaves the spatial zero padding out of its count: 11% at 2 pixels)."""
     graphdef, params = nnx.split(_model(cfg, abstract=True))

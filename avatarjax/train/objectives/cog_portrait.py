@@ -485,7 +485,7 @@ def _long_form_command(model: CogPortraitSystem, cfg, args: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="avatarjax eval (cog_portrait, long form)")
     p.add_argument("--long-seconds", type=float, required=True, help="length of the synthetic utterance")
     p.add_argument("--out", default="outputs/long_form_cog", help="directory for drift.json and drift.png")
-    p.add_argument("--instruction", default="")
+    p.add_argument("--instruction", default="talk calmly")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--identity", type=int, default=None, help="synthface identity (default: first held-out)")
     p.add_argument("--window", type=int, default=None, help="window frames, 1 + 4k (default: the training clip)")
