@@ -93,6 +93,21 @@ def true_talking_frames(identity, audio: np.ndarray, num_frames: int, size: int)
     return render.render_frames(identity, true_talking_state(audio, num_frames), size=size)
 
 
+def utterance(size: int, seconds: float, seed: int = 0, identity: int | None = None, extra_samples: int = 137):
+    """The long-form test input: ``(identity index, Identity, neutral portrait uint8 [S, S, 3], speech float32)``:
+    a held-out synthface identity (default the first) and ``seconds`` of synthetic speech plus ``extra_samples``
+    (a partial last frame, to exercise the tail)."""
+    from avatarjax.data.synthface import audio as synth_audio, identity as identity_lib
+    from avatarjax.pipelines.demo_inputs import first_heldout_identity
+
+    index = first_heldout_identity() if identity is None else identity
+    ident = identity_lib.sample_identity(index)
+    portrait = render.render_frames(ident, schema.neutral_state(1), size=size)[0]
+    whole = int(round(seconds * schema.FPS))
+    wave, _, _ = synth_audio.synth_speech(np.random.default_rng(seed), whole + 1)
+    return index, ident, portrait, wave[:whole * schema.SAMPLES_PER_FRAME + extra_samples].astype(np.float32)
+
+
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 

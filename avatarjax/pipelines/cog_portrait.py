@@ -437,17 +437,11 @@ def long_form(pipe: CogPortraitPipeline, *, seconds: float = 60.0, instruction: 
     identity code). Mouth signal for lip-sync: the mouth box's pixel change from the portrait. ``knobs`` go to
     ``sample`` (window, overlap, smoothing, anchor_colours, num_steps, guidance...)."""
     from avatarjax import media
-    from avatarjax.data.synthface import audio as synth_audio, identity as identity_lib, render
+    from avatarjax.data.synthface import render
     from avatarjax.eval import drift
-    from avatarjax.pipelines.demo_inputs import first_heldout_identity
 
     size = pipe.frame_size
-    index = first_heldout_identity() if identity is None else identity
-    ident = identity_lib.sample_identity(index)
-    portrait = render.render_frames(ident, schema.neutral_state(1), size=size)[0]
-    whole = int(round(seconds * schema.FPS))
-    wave, _, _ = synth_audio.synth_speech(np.random.default_rng(seed), whole + 1)
-    wave = wave[:whole * schema.SAMPLES_PER_FRAME + extra_samples].astype(np.float32)
+    index, ident, portrait, wave = drift.utterance(size, seconds, seed, identity, extra_samples)
     padded, frames = media.pad_audio_to_frames(wave, schema.SAMPLE_RATE, schema.FPS)
     state = drift.true_talking_state(padded, frames)
     keypoints = geometry.keypoints(ident, state)[:, :task.keypoint_count(pipe.cfg)]

@@ -173,18 +173,11 @@ def long_form(pipe, *, seconds: float = 60.0, instruction: str = "talk with a bi
 
     import jax.numpy as jnp
 
-    from avatarjax.data.synthface import audio as synth_audio
     from avatarjax.eval import drift
     from avatarjax.pipelines import windowed
-    from avatarjax.pipelines.demo_inputs import first_heldout_identity
 
     size = pipe.frame_size
-    index = first_heldout_identity() if identity is None else identity
-    ident = identity_lib.sample_identity(index)
-    portrait = render.render_frames(ident, schema.neutral_state(1), size=size)[0]
-    whole = int(round(seconds * schema.FPS))
-    wave, _, _ = synth_audio.synth_speech(np.random.default_rng(seed), whole + 1)
-    wave = wave[:whole * schema.SAMPLES_PER_FRAME + extra_samples].astype(np.float32)
+    index, ident, portrait, wave = drift.utterance(size, seconds, seed, identity, extra_samples)
     t0 = time.perf_counter()
     result = pipe.sample(portrait, wave, instruction, seed=seed, progress=progress, **knobs)
     wall = time.perf_counter() - t0

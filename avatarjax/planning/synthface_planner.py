@@ -19,7 +19,9 @@ truth, the fine-tuning data made from annotated dyadic sessions, and the steerin
 - :func:`evaluate_planner`: on held-out dyadic sessions the duplex agent (a stand-in-token speech-video LM) is
   the listener while the threaded planner runs beside it with each intent; the agent's face states, read with the
   synthface reader (rendered keypoints -> ``reader.read_state``), give its head-pitch oscillation (std of the pitch
-  velocity, deg/frame) and smile over the frames a plan steered. A plan steers in the intended direction when
+  velocity, deg/frame; ``_smooth``: also after a 2-frame Gaussian, which keeps nods and removes the per-frame
+  sampling jitter), how well the smoothed pitch tracks the planned pitch (``pitch_track_corr``) and smile over the
+  frames a plan steered. A plan steers in the intended direction when
   ``nod`` oscillates more than ``still`` (and the ``smile`` prompt smiles more than ``still``, for an LM with text
   input). Also: planner latency, plans valid / stale / applied, the fraction applied on time.
 """
@@ -370,6 +372,15 @@ def _osc(x: np.ndarray) -> float:
     return float(np.std(np.diff(x))) if x.size > 2 else float("nan")
 
 
+SMOOTH_SIGMA = 2.0  # frames: keeps head motion below ~3 Hz (nods are 1-2 Hz), removes per-frame sampling jitter
+
+
+def _smooth(x: np.ndarray) -> np.ndarray:
+    from avatarjax.pipelines.windowed import gaussian_smooth
+
+    return gaussian_smooth(np.asarray(x, np.float32)[:, None], SMOOTH_SIGMA)[:, 0]
+
+
 def evaluate_planner(model, cfg, args: list[str], checkpoint=None, agent=None) -> dict:
     """``--planner [--sessions N --frames F --intents nod,still,... --cadence C --delay S --seed S --realtime]``:
     see the module docstring. ``agent``: an already compiled ``DuplexAgent`` of this model (at least F frames)."""
@@ -400,7 +411,8 @@ def evaluate_planner(model, cfg, args: list[str], checkpoint=None, agent=None) -
     data = cfg.data
     world = {"world_seed": data.world_seed, "num_identities": data.num_identities}
     encode = DS.agent_prompt_encoder(agent)
-    per: dict[str, dict[str, list]] = {x: {"pitch_osc": [], "planned_pitch_osc": [], "smile": [], "pitch_corr": []}
+    per: dict[str, dict[str, list]] = {x: {"pitch_osc": [], "planned_pitch_osc": [], "smile": [], "pitch_corr": [],
+                                           "pitch_osc_smooth": [], "pitch_track_corr": []}
                                        for x in intents + ["none"]}
     planner_stats: dict[str, list[dict]] = {x: [] for x in intents}
     n_sessions = min(ns.sessions, data.num_eval_sessions)
@@ -432,6 +444,7 @@ def evaluate_planner(model, cfg, args: list[str], checkpoint=None, agent=None) -
             pitch, smile = states[:, IX["pitch"]], states[:, IX["smile"]]
             if steered.sum() > 2:
                 per[x]["pitch_osc"].append(_osc(np.where(steered, pitch, np.nan)))
+                per[x]["pitch_osc_smooth"].append(_osc(np.where(steered, _smooth(pitch), np.nan)))
                 per[x]["smile"].append(float(np.mean(smile[steered])))
                 if rec is not None:
                     planned = rec.planned[:, 1]
@@ -440,19 +453,24 @@ def evaluate_planner(model, cfg, args: list[str], checkpoint=None, agent=None) -
                     ok = np.isfinite(dp) & np.isfinite(dq)
                     if ok.sum() > 2 and np.std(dp[ok]) > 0 and np.std(dq[ok]) > 0:
                         per[x]["pitch_corr"].append(float(np.corrcoef(dp[ok], dq[ok])[0, 1]))
+                    head, aim = _smooth(pitch)[steered], planned[steered]  # does the (smoothed) head follow the plan?
+                    if np.std(head) > 0 and np.std(aim) > 0:
+                        per[x]["pitch_track_corr"].append(float(np.corrcoef(head, aim)[0, 1]))
             else:  # no plan applied in this session: keep the per-session lists aligned for paired differences
                 per[x]["pitch_osc"].append(np.nan)
+                per[x]["pitch_osc_smooth"].append(np.nan)
                 per[x]["smile"].append(np.nan)
     mean = lambda v: round(float(np.nanmean(v)), 4) if len(v) else None  # noqa: E731
     table = {x: {k: mean(v) for k, v in d.items()} for x, d in per.items()}
     out: dict = {"sessions": n_sessions, "frames": frames, "agent_behaviour": table,
                  "steerable": DS.steerable(agent)}
-    if "nod" in per and "still" in per and per["nod"]["pitch_osc"] and per["still"]["pitch_osc"]:
-        diff = np.asarray(per["nod"]["pitch_osc"]) - np.asarray(per["still"]["pitch_osc"])
-        diff = diff[np.isfinite(diff)]  # sessions where both intents applied a plan
-        out["nod_minus_still_pitch_osc"] = {"mean": round(float(diff.mean()), 4) if diff.size else None,
-                                            "sessions_in_intended_direction": int((diff > 0).sum()),
-                                            "of": int(diff.size)}
+    for key in ("pitch_osc", "pitch_osc_smooth"):
+        if "nod" in per and "still" in per and per["nod"][key] and per["still"][key]:
+            diff = np.asarray(per["nod"][key]) - np.asarray(per["still"][key])
+            diff = diff[np.isfinite(diff)]  # sessions where both intents applied a plan
+            out[f"nod_minus_still_{key}"] = {"mean": round(float(diff.mean()), 4) if diff.size else None,
+                                             "sessions_in_intended_direction": int((diff > 0).sum()),
+                                             "of": int(diff.size)}
     if "smile" in per and "still" in per and per["smile"]["smile"] and per["still"]["smile"]:
         diff = np.asarray(per["smile"]["smile"]) - np.asarray(per["still"]["smile"])
         diff = diff[np.isfinite(diff)]
