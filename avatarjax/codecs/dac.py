@@ -926,6 +926,17 @@ def bench_dac(argv: list[str]) -> dict:
                 + o["vq/codebook_loss"].mean())
 
     ours = harness.jax_train_step(model, loss, (train_audio,), ns.repeats)
+    if jax.default_backend() == "cpu":  # the transposed convs' other form in the same run (auto = gemm on CPU)
+        global conv_transpose_1d
+        gemm_form = conv_transpose_1d
+        conv_transpose_1d = functools.partial(gemm_form, impl="conv")
+        try:
+            conv_form = harness.jax_train_step(model, loss, (train_audio,), ns.repeats)
+        finally:
+            conv_transpose_1d = gemm_form
+        out["train_ms_transposed_conv_forms"] = {"gemm": round(ours.seconds * 1e3, 2),
+                                                 "conv": round(conv_form.seconds * 1e3, 2),
+                                                 "gemm_speedup": round(conv_form.seconds / ours.seconds, 3)}
     reference = harness.torch_train_step(_reference_train_mode(reference), ref_loss, (train_audio,), ns.repeats)
     side = harness.compare_train("dac", ours, reference, "torch DAC (released layout)",
                                  note=f"AdamW generator step, batch {ns.train_batch} x {ns.train_seconds} s")
