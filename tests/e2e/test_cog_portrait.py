@@ -56,18 +56,6 @@ def test_train_and_sample_from_keypoints_and_label(trained):
     assert np.asarray(json.loads(Path(result["keypoints"]).read_text())["keypoints"]).shape == (14, 62, 2)
 
 
-def test_long_form_drift_report_from_the_cli(trained):
-    """`avatarjax eval --checkpoint W -- --long-seconds S`: the drift report of a long utterance (real Wan VAE)."""
-    root, dit = trained
-    out = avatarjax("eval", "--checkpoint", dit, "--", "--long-seconds", "1.5", "--steps", "2", "--out",
-                    str(root / "drift"))
-    assert out.returncode == 0, out.stderr[-2000:]
-    report = json.loads(out.stdout)
-    assert report["duration"]["exact_match"] and report["duration"]["frames"] == 39 and report["windows"] > 1  # 38 + the partial one
-    assert report["system"] == "cog_portrait" and "target" in report and "chunks" not in report
-    assert (root / "drift" / "drift.json").exists() and (root / "drift" / "drift.png").exists()
-
-
 def test_sample_without_checkpoint_or_weights_fails_clearly():
     out = avatarjax("sample", "--config", DIT_TINY, "--label", "drowsiness")
     assert out.returncode == 2 and "sets no weights" in out.stderr and "--config.weights" in out.stderr

@@ -264,16 +264,20 @@ def test_apply_knobs():
     assert (big[:, C.AU_SLICE] <= C.HIGH[C.AU_SLICE] + 1e-6).all()
 
 
-def test_long_form_drift_report(pipe, tmp_path):
-    """The CogPortrait drift report: exact durations, one chunk per window, a target distance per chunk (the
-    world's own face for the driving keypoints) and the shared curves, written as drift.json + drift.png."""
+def test_long_form_drift_report(pipe, tmp_path, monkeypatch):
+    """`eval -- --long-seconds S` (the task's evaluate dispatches to the drift report): exact durations, one chunk per
+    window, a target distance per chunk (the world's own face for the driving keypoints) and the shared curves,
+    written as drift.json + drift.png."""
     import json
 
-    report = pl.long_form(pipe, seconds=2.0, out_dir=tmp_path, progress=False, num_steps=2)
+    monkeypatch.setattr(task, "_pipeline", lambda model, cfg: pipe)
+    summary = task.evaluate(None, pipe.cfg, ["--long-seconds", "2.0", "--steps", "2", "--out", str(tmp_path)])
+    assert "chunks" not in summary
+    report = json.loads((tmp_path / "drift.json").read_text())
     assert report["duration"]["exact_match"] and report["duration"]["frames"] == 51
     assert report["system"] == "cog_portrait" and len(report["chunks"]) == report["windows"]
+    assert report["steps_per_window"] == 2 and report["instruction"] == "talk calmly"
     assert all(c["target_distance"] > 0 for c in report["chunks"])  # an untrained DiT: far from the target
     assert report["lipsync"]["truth_whole"] > 0.5  # the true face's mouth follows the audio, even at 32 px
     assert set(report["target"]) >= {"first", "max_rel_dev_from_first", "fitted_change"}
-    saved = json.loads((tmp_path / "drift.json").read_text())
-    assert saved["target"] == report["target"] and (tmp_path / "drift.png").stat().st_size > 0
+    assert summary["target"] == report["target"] and (tmp_path / "drift.png").stat().st_size > 0

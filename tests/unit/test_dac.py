@@ -233,7 +233,7 @@ def test_adversarial_terms_trace_with_the_discriminator():
     assert objective.flops_per_example(cfg) > dac.flops_per_example(cfg.model, cfg.data.segment)
 
 
-@pytest.mark.parametrize("k, stride, padding", [(16, 8, 4), (8, 4, 2), (4, 2, 1), (5, 2, 0), (3, 3, 1), (7, 1, 3)])
+@pytest.mark.parametrize("k, stride, padding", [(16, 8, 4), (4, 2, 1), (5, 2, 0), (7, 1, 3)])
 def test_transposed_conv_gemm_form_equals_the_conv_form_and_its_gradients(k, stride, padding):
     from avatarjax.nn.conv import conv_transpose_1d
 

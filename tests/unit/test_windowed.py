@@ -227,7 +227,7 @@ def test_long_form_drift_report_scores_lip_sync_against_the_worlds_own_face(smal
 
     from avatarjax.pipelines.instruct_avatar_eval import long_form
 
-    report = long_form(small_pipe, seconds=3.0, out_dir=tmp_path, progress=False, window=16, overlap=4,
+    report = long_form(small_pipe, seconds=2.0, out_dir=tmp_path, progress=False, window=16, overlap=4,
                        num_steps=2)
     assert report["duration"]["exact_match"] and report["duration"]["tail_lost_s"] == 0.0
     assert report["windows"] == windowed.plan_windows(report["duration"]["frames"], 16, 4).num_windows
