@@ -115,13 +115,16 @@ def _finite(x: float) -> float | None:
 def drift_report(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray, plan, *,
                  mouth_of: Callable[[np.ndarray], np.ndarray], truth_frames: np.ndarray,
                  identity_code: Callable[[np.ndarray], np.ndarray] | None = None,
-                 latent_motion: np.ndarray | None = None, input_audio_samples: int | None = None) -> dict:
+                 target_frames: np.ndarray | None = None, latent_motion: np.ndarray | None = None,
+                 input_audio_samples: int | None = None) -> dict:
     """The report's measured part (see the module docstring) for one generated utterance.
 
     frames uint8 ``[T, S, S, 3]``; audio: the output audio (``T * 640`` samples when the durations match);
     portrait uint8 ``[S, S, 3]``; plan: the frame-level ``windowed.WindowPlan``; ``mouth_of``: ``frames -> [T]``
     mouth signal (the same function scores ``truth_frames``, the world's own face for this audio);
-    ``identity_code``: ``frames [n, S, S, 3] -> [n, D]`` (optional); ``latent_motion`` ``[T - 1]`` (optional);
+    ``identity_code``: ``frames [n, S, S, 3] -> [n, D]`` (optional); ``target_frames``: the frames the output
+    should equal, when the conditioning fixes them (optional: each chunk's ``target_distance``, the face region's
+    mean absolute pixel error against them, and its curve ``target``); ``latent_motion`` ``[T - 1]`` (optional);
     ``input_audio_samples``: the input's length, for the tail check."""
     from avatarjax.pipelines import windowed
 
@@ -141,6 +144,9 @@ def drift_report(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray, pl
             codes = np.asarray(identity_code(frames[pick]), np.float32).reshape(len(pick), -1)
             chunk["identity_distance"] = float(np.mean(np.linalg.norm(codes - ref_code, axis=1))
                                                / np.linalg.norm(ref_code))
+        if target_frames is not None:
+            err = np.abs(frames[first:end].astype(np.float32) - target_frames[first:end].astype(np.float32))
+            chunk["target_distance"] = float((err.mean(axis=-1) * region).sum(axis=(1, 2)).mean() / region.sum())
         span = slice(plan.starts[k], plan.starts[k] + plan.valid(k))  # the whole window: enough frames to correlate
         enough = plan.valid(k) >= 16
         sync, lag = lipsync.lipsync_score(mouth[span], envelope[span], max_lag=5) if enough else (np.nan, 0)
@@ -157,6 +163,8 @@ def drift_report(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray, pl
     report["colour"] = relative_drift([c["colour_distance"] for c in chunks])
     if ref_code is not None:
         report["identity"] = relative_drift([c["identity_distance"] for c in chunks])
+    if target_frames is not None:
+        report["target"] = relative_drift([c["target_distance"] for c in chunks])
     syncs = [c["lipsync"] for c in chunks if c["lipsync"] is not None]
     relative = [c["lipsync_relative"] for c in chunks if c["lipsync_relative"] is not None]
     # per-chunk curves need windows of >= 16 frames; the whole utterance's scores are always given

@@ -450,14 +450,8 @@ def long_form(pipe: CogPortraitPipeline, *, seconds: float = 60.0, instruction: 
     wall = time.perf_counter() - t0
     truth = render.render_frames(ident, state, size=size)
     plan = pipe.plan(frames, knobs.get("window"), knobs.get("overlap")).frame_plan()
-    measured = drift.drift_report(result.frames, padded, portrait, plan, truth_frames=truth,
+    measured = drift.drift_report(result.frames, padded, portrait, plan, truth_frames=truth, target_frames=truth,
                                   mouth_of=drift.mouth_box_signal(ident, portrait), input_audio_samples=len(wave))
-    region = windowed.face_region(size)
-    for chunk in measured["chunks"]:
-        a, b = chunk["first_frame"], chunk["end_frame"]
-        err = np.abs(result.frames[a:b].astype(np.float32) - truth[a:b].astype(np.float32)).mean(axis=-1)
-        chunk["target_distance"] = float((err * region).sum(axis=(1, 2)).mean() / region.sum())
-    measured["target"] = drift.relative_drift([c["target_distance"] for c in measured["chunks"]])
     info = result.info
     report = {"system": "cog_portrait", "seconds_requested": seconds, "instruction": instruction,
               "identity_index": index, "mouth_signal": "mouth-box pixel change from the portrait",

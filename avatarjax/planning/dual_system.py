@@ -68,6 +68,7 @@ MAX_HEAD_SPEED_DEG_S = 300.0  # faster than any head turn people make (about 200
 MAX_TEXT_CHARS = 600
 PARTY_KEYS = ("who", "emotion", "behaviour", "environment")
 MOTION_SCALE = 10.0  # speech_video.MOTION_SCALE: the LM's motion features are scaled velocities x 10
+MOTION_FEATURES = ("velocity", "pose")  # speech_video.MOTION_FEATURES
 
 
 class PlanError(AvatarError):
@@ -200,12 +201,16 @@ def parse_plan(obj: Any, *, horizon_s: float = HORIZON_S, fps: float = FPS) -> D
                     trajectory=traj)
 
 
+def _check_motion_features(kind: str) -> None:
+    if kind not in MOTION_FEATURES:
+        raise AvatarError(f"unknown motion features '{kind}': choose velocity or pose (the LM's data.motion_features)")
+
+
 def motion_features(trajectory: np.ndarray, kind: str = "velocity") -> np.ndarray:
     """Trajectory ``[T, 5]`` (degrees) -> the LM's motion features ``[T, 6]``, as
     ``speech_video.motion_trajectory(state, kind)``: ``"velocity"``: scaled head-rotation velocities x 10, first
     frame 0; ``"pose"``: the scaled head rotation; translation channels 0 in both."""
-    if kind not in ("velocity", "pose"):
-        raise AvatarError(f"unknown motion features '{kind}': choose velocity or pose (the LM's data.motion_features)")
+    _check_motion_features(kind)
     lo = np.array([TRAJECTORY_RANGES[c][0] for c in HEAD_CHANNELS], np.float32)
     hi = np.array([TRAJECTORY_RANGES[c][1] for c in HEAD_CHANNELS], np.float32)
     x = 2 * (np.asarray(trajectory, np.float32)[:, :3] - lo) / (hi - lo) - 1
@@ -431,9 +436,7 @@ class AsyncPlanner:
         self.encode_prompt, self.transcript, self.request = encode_prompt, transcript, request
         self.on_time_frames, self.max_repairs = int(on_time_frames), int(max_repairs)
         self.seed, self.clock = seed, clock
-        if motion_features not in ("velocity", "pose"):
-            raise AvatarError(f"motion_features must be velocity or pose (the LM's data.motion_features), got "
-                              f"'{motion_features}'")
+        _check_motion_features(motion_features)
         self.motion_features = motion_features
         self._buffer: deque[Keyframe] = deque(maxlen=(self.num_keyframes - 1) * self.every + 1)
         self._lock = threading.Lock()
