@@ -21,6 +21,7 @@ from flax import nnx
 from avatarjax.atomic import atomic_dir
 from avatarjax.config import Config, config_from_dict, load_workdir_config
 from avatarjax.errors import CheckpointError
+from avatarjax.train.state import jit_init
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "export.json"
@@ -49,7 +50,7 @@ def fresh_model(cfg, seed: int = 0, init: str = "model") -> nnx.Module:
     with nnx.use_eager_sharding(False):
         graphdef, abstract = nnx.split(nnx.eval_shape(build))
         if init == "model":
-            return nnx.merge(graphdef, jax.jit(lambda: nnx.split(build())[1])())
+            return nnx.merge(graphdef, jit_init(lambda: nnx.split(build())[1])())
     rng = np.random.default_rng(seed)
 
     def fill(x):

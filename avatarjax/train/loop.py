@@ -124,7 +124,7 @@ class Trainer:
     def init_state(self) -> state_lib.TrainState:
         with self._context():
             seed = self.cfg.seed  # the key is made inside the jit: no host-to-device copy
-            init = jax.jit(lambda: self._init_fn(jax.random.key(seed)), out_shardings=self.state_shardings)
+            init = state_lib.jit_init(lambda: self._init_fn(jax.random.key(seed)), out_shardings=self.state_shardings)
             return init()
 
     def make_iterator(self, split: str = "train"):

@@ -69,6 +69,18 @@ def param_count(params: nnx.State) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+def init_compiler_options() -> dict[str, Any] | None:
+    """XLA options for programs that only initialise state. On CPU, optimisation level 0 compiles them 3-4x faster
+    (wan_vae synthface_tiny: 14.0 s -> 3.2 s) and they run once, so the slower code costs nothing; the values
+    agree with a default compile to 1 ulp. Other backends keep their defaults (not measured there)."""
+    return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+
+
+def jit_init(fn, **jit_kwargs):
+    """``jax.jit`` for a state initialiser (see :func:`init_compiler_options`)."""
+    return jax.jit(fn, compiler_options=init_compiler_options(), **jit_kwargs)
+
+
 def make_init_fn(build_model, tx: optax.GradientTransformation, ema: bool):
     def init(key: jax.Array) -> TrainState:
         model = build_model(nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1)))
