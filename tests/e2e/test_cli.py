@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_LM
+from tests.conftest import TINY_LM, xla_flags
 
 QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 
 
 def avatarjax(*args, timeout=600, **kwargs):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     return subprocess.run([sys.executable, "-m", "avatarjax.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
 
@@ -48,7 +48,7 @@ def test_train_eval_sample_profile(tmp_path):
 
 def test_sigterm_saves_and_restart_resumes(tmp_path):
     work = tmp_path / "w"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     proc = subprocess.Popen([sys.executable, "-m", "avatarjax.cli", "train", "--config", TINY_LM, "--workdir",
                              str(work), "--config.train.steps=100000", "--config.checkpoint.every=100000",
                              "--config.log.every=1", *QUIET], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -88,7 +88,7 @@ def test_sigterm_saves_and_restart_resumes(tmp_path):
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path / "w")) for a in args]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     out = subprocess.run([sys.executable, "-m", "avatarjax.cli", *args], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]

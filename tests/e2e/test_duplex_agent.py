@@ -14,7 +14,7 @@ from avatarjax.config import load_config
 from avatarjax.errors import ConfigError, DataError
 from avatarjax.pipelines import duplex_agent as da
 from avatarjax.train.export import fresh_model
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 
 QUIET = ["--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false"]
 DUPLEX_TINY = REPO / "configs" / "speechvideo" / "duplex_tiny.py"
@@ -116,7 +116,7 @@ def test_generator_fixed_shapes_no_recompilation(real):
 
 
 def _avatarjax(*args):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     return subprocess.run([sys.executable, "-m", "avatarjax.cli", *args], capture_output=True, text=True,
                           timeout=600, env=env, cwd=REPO)
 

@@ -1,9 +1,9 @@
 """Every notebook in notebooks/ runs top to bottom in a fresh kernel of this environment, and the committed .ipynb
 files are exactly what notebooks/build.py writes (outputs stripped).
 
-A notebook runs the way a person's Jupyter runs it: working directory notebooks/, no XLA_FLAGS from the test
-session (notebook 05 sets its own 8 fake devices), outputs redirected to a temporary AVATARJAX_OUTPUTS. A failing
-or timed-out cell fails the test with the cell's index, its source and the error.
+A notebook runs the way a person's Jupyter runs it: working directory notebooks/, none of the test session's
+XLA_FLAGS but its optimisation level (notebook 05 sets its own 8 fake devices), outputs redirected to a temporary
+AVATARJAX_OUTPUTS. A failing or timed-out cell fails the test with the cell's index, its source and the error.
 """
 
 import importlib.util
@@ -17,7 +17,7 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_XLA_FLAGS
 
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -49,7 +49,7 @@ def test_notebooks_are_built_from_build_py_and_stripped():
 def test_notebook_runs_top_to_bottom(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(AVATARJAX_OUTPUTS=str(tmp_path), JAX_PLATFORMS="cpu",
+    env.update(XLA_FLAGS=TEST_XLA_FLAGS, AVATARJAX_OUTPUTS=str(tmp_path), JAX_PLATFORMS="cpu",
                MPLBACKEND="module://matplotlib_inline.backend_inline")
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, TINY_LM, fixed_corpus, make_mesh, tiny_config
+from tests.conftest import REPO, TINY_LM, fixed_corpus, make_mesh, tiny_config, xla_flags
 
 STEPS = 4
 
@@ -26,7 +26,7 @@ def test_two_processes_match_one(tmp_path):
               "--config.log.progress=false", "--config.log.tensorboard=false", "--config.log.plots=false",
               f"--config.data.path={fixed_corpus()}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVATARJAX_")}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["XLA_FLAGS"] = xla_flags(1)
     env["AVATARJAX_BIN"] = str(REPO / ".venv" / "bin" / "avatarjax") if (REPO / ".venv").exists() else "avatarjax"
     if not (REPO / ".venv").exists():
         env["AVATARJAX_BIN"] = os.path.join(os.path.dirname(sys.executable), "avatarjax")
