@@ -254,7 +254,7 @@ class CogPortraitPipeline:
                 bar.window_done(end - first)
         finally:
             bar.close()
-        video = self._decode_chunks(lw, reference, content, portrait if anchor_colours else None)
+        video = self._decode_stream(lw, reference, content, portrait if anchor_colours else None)
         elapsed = time.perf_counter() - t0
         info = {"frames": frames, "seconds": frames / schema.FPS, "audio_samples": len(wave),
                 "wall_s": round(elapsed, 3), "real_time_factor": round(elapsed / (frames / schema.FPS), 3),
@@ -286,7 +286,7 @@ class CogPortraitPipeline:
         clip[:len(part)] = part
         return kps, clip
 
-    def _decode_chunks(self, lw: windowed.LatentWindows, reference: np.ndarray, content: np.ndarray,
+    def _decode_stream(self, lw: windowed.LatentWindows, reference: np.ndarray, content: np.ndarray,
                        anchor: np.ndarray | None) -> np.ndarray:
         """Decode ``[reference, committed content latents]`` as one stream (``WanVAE.decode_start`` /
         ``decode_continue`` in segments of ``plan.window`` latents, one compiled shape, the causal cache carried
