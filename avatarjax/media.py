@@ -147,7 +147,7 @@ def resample(wave: np.ndarray, sample_rate: float, target_rate: float = TARGET_S
 
 
 def frame_indices_for_fps(times: np.ndarray | int, fps_in: float | None = None, fps_out: float = FPS,
-                          end: float | None = None) -> np.ndarray:
+                          end: float | None = None, count: int | None = None) -> np.ndarray:
     """Which input frame each output frame at ``fps_out`` shows: ``int64 [T_out]``.
 
     ``times`` is either the input frames' start times in seconds (sorted; variable frame rate works) or, for a
@@ -157,15 +157,20 @@ def frame_indices_for_fps(times: np.ndarray | int, fps_in: float | None = None, 
     Output frame ``j`` shows the input frame on screen at its centre time ``(j + 0.5) / fps_out`` (a tie at a frame
     boundary goes to the earlier frame), so each output frame's content is within half an input frame of its own
     time; there are ``ceil(duration * fps_out)`` output frames, so the end is never lost. 30 -> 25 fps drops every
-    sixth frame, 50 -> 25 keeps frames 0, 2, 4, ..., 24 -> 25 shows one frame twice per second.
+    sixth frame, 50 -> 25 keeps frames 0, 2, 4, ..., 24 -> 25 shows one frame twice per second. ``count`` forces
+    the number of output frames (e.g. to match per-frame annotations; frames past the input's end show its last).
+
+    This is the one frame-rate rule of the package: ``media.convert_video_fps``, ``transforms.convert_fps`` (tracks)
+    and the dataset preprocessing (``data.preprocess.video``) all sample at these centre times.
     """
     fps_out_r = _rational(fps_out, "output frame rate")
     if np.ndim(times) == 0:
         num = int(times)
         fps_in_r = _rational(fps_in if fps_in is not None else 0, "input frame rate")
         if end is None:  # exact integer arithmetic for constant rates
-            count = -(-num * fps_out_r.numerator * fps_in_r.denominator
-                      // (fps_out_r.denominator * fps_in_r.numerator))
+            if count is None:
+                count = -(-num * fps_out_r.numerator * fps_in_r.denominator
+                          // (fps_out_r.denominator * fps_in_r.numerator))
             centres = (2 * np.arange(count, dtype=np.int64) + 1) * fps_in_r.numerator * fps_out_r.denominator
             index = (centres - 1) // (2 * fps_in_r.denominator * fps_out_r.numerator)  # ceil(x) - 1: ties go early
             return np.minimum(index, max(num - 1, 0))
@@ -178,7 +183,8 @@ def frame_indices_for_fps(times: np.ndarray | int, fps_in: float | None = None, 
             float(np.median(np.diff(times))) if times.size > 1 else 1.0 / float(fps_out_r))
         end = times[-1] + step
     duration = float(end) - float(times[0])
-    count = max(1, math.ceil(round(duration * float(fps_out_r), 6)))  # round off float noise before the ceil
+    if count is None:
+        count = max(1, math.ceil(round(duration * float(fps_out_r), 6)))  # round off float noise before the ceil
     centres = times[0] + (np.arange(count) + 0.5) / float(fps_out_r)
     return np.clip(np.searchsorted(times, centres - 1e-9, side="right") - 1, 0, times.size - 1)
 

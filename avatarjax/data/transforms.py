@@ -51,24 +51,28 @@ def frame_times(num_frames: int, fps: float) -> np.ndarray:
 
 def convert_fps(track: np.ndarray, fps: float, target_fps: float = TARGET_FPS, *,
                 interpolate: bool = True) -> np.ndarray:
-    """Resample a per-frame array ``[T, ...]`` from ``fps`` to ``target_fps`` covering the same duration.
+    """Resample a per-frame array ``[T, ...]`` from ``fps`` to ``target_fps`` covering the same duration, at the
+    output frames' centre times (``media.frame_indices_for_fps``, the rule the video frames follow, so a track stays
+    aligned with its frames).
 
-    ``interpolate=True`` linearly interpolates continuous tracks (poses, AUs, keypoints); ``False`` picks the
-    nearest source frame (images). The output has ``round(T * target_fps / fps)`` frames, so the tail is kept.
+    ``interpolate=False`` takes the frame on screen at each centre time (images, labels; exactly the video's
+    frames); ``True`` linearly interpolates between the two source frames whose centres bracket it (poses, AUs,
+    keypoints). The output has ``ceil(T * target_fps / fps)`` frames, so the tail is kept.
     """
+    from avatarjax.media import frame_indices_for_fps  # media imports this module
+
     track = np.asarray(track)
     if fps <= 0:
         raise DataError(f"frame rate must be positive, got {fps}")
     num = track.shape[0]
     if num == 0 or fps == target_fps:
         return track
-    out_len = max(1, int(round(num * target_fps / fps)))
-    src = frame_times(out_len, target_fps) * fps  # fractional source index of every output frame
+    index = frame_indices_for_fps(num, fps, target_fps)
     if not interpolate:
-        idx = np.clip(np.floor(src + 0.5).astype(np.int64), 0, num - 1)
-        return track[idx]
-    lo = np.clip(np.floor(src).astype(np.int64), 0, num - 1)
-    hi = np.clip(lo + 1, 0, num - 1)
+        return track[index]
+    src = np.clip((np.arange(len(index)) + 0.5) * (fps / target_fps) - 0.5, 0, num - 1)  # between frame centres
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, num - 1)
     w = (src - lo).reshape((-1,) + (1,) * (track.ndim - 1))
     return (track[lo] * (1.0 - w) + track[hi] * w).astype(track.dtype)
 

@@ -32,15 +32,23 @@ def test_normalize():
 
 
 def test_convert_fps_keeps_duration_and_interpolates():
+    from avatarjax import media
+
     track = np.arange(30, dtype=np.float32)[:, None]  # 1 s at 30 fps, value = source frame index
     out = transforms.convert_fps(track, 30)
     assert out.shape == (25, 1)
-    # output frame k sits at source position k * 30/25 = 1.2 k
-    np.testing.assert_allclose(out[:5, 0], [0.0, 1.2, 2.4, 3.6, 4.8], atol=1e-5)
+    # output frame k's centre (k + 0.5) / 25 s sits at source position (k + 0.5) * 1.2 - 0.5 (between frame centres)
+    np.testing.assert_allclose(out[:5, 0], [0.1, 1.3, 2.5, 3.7, 4.9], atol=1e-5)
     nearest = transforms.convert_fps(np.arange(50), 50, interpolate=False)
     np.testing.assert_array_equal(nearest[:4], [0, 2, 4, 6])
-    # the tail is never dropped: 7 frames at 24 fps -> round(7 * 25 / 24) = 7
-    assert transforms.convert_fps(np.zeros((7, 2)), 24).shape == (7, 2)
+    # one rule for tracks and frames: nearest picks exactly the frames the video conversion shows
+    for fps in (24, 30, 29.97, 50, 60):
+        np.testing.assert_array_equal(transforms.convert_fps(np.arange(97), fps, interpolate=False),
+                                      media.frame_indices_for_fps(97, fps, 25))
+        np.testing.assert_allclose(np.round(transforms.convert_fps(np.arange(97.0), fps)),
+                                   media.frame_indices_for_fps(97, fps, 25), atol=1)
+    # the tail is never dropped: 7 frames at 24 fps last 0.29 s -> ceil(7 * 25 / 24) = 8
+    assert transforms.convert_fps(np.zeros((7, 2)), 24).shape == (8, 2)
 
 
 def test_crop_or_pad_and_audio_alignment():

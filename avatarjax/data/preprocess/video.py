@@ -252,22 +252,20 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def output_length(source_frames: int, fps: float, target_fps: float = FPS) -> int:
-    """Frames at ``target_fps`` covering the same duration (the tail is kept, as ``transforms.convert_fps``)."""
-    return max(1, int(round(source_frames * target_fps / fps)))
+    """Frames at ``target_fps`` covering the same duration (the tail kept: ``media.frame_indices_for_fps``)."""
+    return len(media.frame_indices_for_fps(source_frames, fps, target_fps))
 
 
-def source_index(out_index: int, fps: float, target_fps: float = FPS) -> int:
-    """The source frame shown at output frame ``out_index`` (nearest in time)."""
-    return int(math.floor(out_index * fps / target_fps + 0.5))
-
-
-def resample_frames(frames: Iterator[np.ndarray], fps: float, total: int) -> Iterator[np.ndarray]:
-    """Stream ``total`` frames at 25 fps from a stream at ``fps`` (nearest source frame; the last frame repeats
-    when the source ends early)."""
+def resample_frames(frames: Iterator[np.ndarray], fps: float, total: int,
+                    source_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Stream ``total`` frames at 25 fps from a stream at ``fps``: output frame ``k`` is the source frame on screen at
+    its centre time (``media.frame_indices_for_fps``, as ``media.convert_video_fps``); the last frame repeats when the
+    source ends early."""
+    index = media.frame_indices_for_fps(source_frames or 1 << 40, fps, count=total)
     k, last = 0, None
     for i, frame in enumerate(frames):
         last = frame
-        while k < total and source_index(k, fps) <= i:  # every earlier output frame was already emitted
+        while k < total and index[k] <= i:  # every earlier output frame was already emitted
             yield frame
             k += 1
         if k >= total:
@@ -394,7 +392,7 @@ def process_clip(video: str | Path, config: PreprocessConfig, *, audio: str | Pa
         return out
 
     start, encoded = 0, []
-    for frame in resample_frames(iter_frames(video), info.fps, total):
+    for frame in resample_frames(iter_frames(video), info.fps, total, source_frames):
         patch = crop_resize(frame, crop, config.size)
         encoded.append(encode_image(patch, config))
         if extractor is not None:
