@@ -45,7 +45,7 @@ from flax import nnx
 
 from avatarjax.checkpoint.convert import Converter
 from avatarjax.errors import CheckpointError, DataError
-from avatarjax.nn.conv import Conv, conv_transpose_1d
+from avatarjax.nn.conv import Conv, conv_transpose_1d, use_transposed_conv
 from avatarjax.parallel.mesh import constrain
 
 ACT = ("batch", "length", "act_channels")
@@ -927,13 +927,8 @@ def bench_dac(argv: list[str]) -> dict:
 
     ours = harness.jax_train_step(model, loss, (train_audio,), ns.repeats)
     if jax.default_backend() == "cpu":  # the transposed convs' other form in the same run (auto = gemm on CPU)
-        global conv_transpose_1d
-        gemm_form = conv_transpose_1d
-        conv_transpose_1d = functools.partial(gemm_form, impl="conv")
-        try:
+        with use_transposed_conv("conv"):
             conv_form = harness.jax_train_step(model, loss, (train_audio,), ns.repeats)
-        finally:
-            conv_transpose_1d = gemm_form
         out["train_ms_transposed_conv_forms"] = {"gemm": round(ours.seconds * 1e3, 2),
                                                  "conv": round(conv_form.seconds * 1e3, 2),
                                                  "gemm_speedup": round(conv_form.seconds / ours.seconds, 3)}

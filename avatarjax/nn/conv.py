@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,23 @@ from avatarjax.nn.linear import default_kernel_init
 
 def _ntuple(x: int | Sequence[int], n: int) -> tuple[int, ...]:
     return (x,) * n if isinstance(x, int) else tuple(x)
+
+
+TRANSPOSED_CONV_FORMS = ("auto", "gemm", "conv")
+_TRANSPOSED_CONV_FORM: contextvars.ContextVar[str] = contextvars.ContextVar("transposed_conv_form", default="auto")
+
+
+@contextlib.contextmanager
+def use_transposed_conv(impl: str) -> Iterator[None]:
+    """Every ``conv_transpose_1d(..., impl="auto")`` traced inside uses ``impl`` (e.g. a benchmark timing both forms
+    of one model in one run)."""
+    if impl not in TRANSPOSED_CONV_FORMS:
+        raise ValueError(f"conv_transpose_1d impl must be one of {', '.join(TRANSPOSED_CONV_FORMS)}, got {impl!r}")
+    token = _TRANSPOSED_CONV_FORM.set(impl)
+    try:
+        yield
+    finally:
+        _TRANSPOSED_CONV_FORM.reset(token)
 
 
 def conv_transpose_1d(x: jax.Array, kernel: jax.Array, stride: int, padding: int = 0,
@@ -38,8 +57,11 @@ def conv_transpose_1d(x: jax.Array, kernel: jax.Array, stride: int, padding: int
     cropped; every multiply is useful and the backward is matmuls too (measured 5-17x faster forward+backward
     than ``"conv"`` on XLA:CPU at DAC's decoder shapes; whole model: ``avatarjax bench dac``). ``"conv"``: a stride-1
     conv of the ``stride``-dilated input with the flipped kernel (XLA lowers it to the backend's transposed conv,
-    cuDNN on GPU). ``"auto"``: gemm on CPU, conv elsewhere (the gemm form is unmeasured on GPU/TPU here).
+    cuDNN on GPU). ``"auto"``: the :func:`use_transposed_conv` scope's form, else gemm on CPU and conv elsewhere
+    (the gemm form is unmeasured on GPU/TPU here).
     """
+    if impl == "auto":
+        impl = _TRANSPOSED_CONV_FORM.get()
     if impl == "auto":
         impl = "gemm" if jax.default_backend() == "cpu" else "conv"
     k, _, cout = kernel.shape

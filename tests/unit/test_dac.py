@@ -246,3 +246,14 @@ def test_transposed_conv_gemm_form_equals_the_conv_form_and_its_gradients(k, str
                             argnums=(0, 1))(x, w) for impl in ("gemm", "conv")}
     for a, b in zip(grads["gemm"], grads["conv"]):
         np.testing.assert_allclose(a, b, atol=1e-4)
+    if k == 4:  # the scope picks the form "auto" takes (what `bench dac` times both ways)
+        from avatarjax.nn.conv import use_transposed_conv
+
+        auto = jax.jit(lambda x, w: conv_transpose_1d(x, w, stride, padding))
+        with use_transposed_conv("conv"):
+            np.testing.assert_array_equal(auto(x, w), outs["conv"])
+        np.testing.assert_array_equal(jax.jit(lambda x, w: conv_transpose_1d(x, w, stride, padding))(x, w),
+                                      outs["gemm"])
+        with pytest.raises(ValueError, match="auto, gemm, conv"):
+            with use_transposed_conv("fft"):
+                pass
