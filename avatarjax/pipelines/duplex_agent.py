@@ -632,7 +632,9 @@ class RawSessions(sv.MemoisedSessions):
                 "speaker_id": int(session.speaker.identity), "listener_id": int(session.listeners[0].identity)}
 
 
-def _human_frames(tok, state: np.ndarray, identity: int) -> list:
+def human_frames(tok, state: np.ndarray, identity: int) -> list:
+    """What the human's camera gives the agent for face states ``[T, 24]``: the states themselves for stand-in
+    tokens, else synthface frames of ``identity`` rendered at the video tokenizer's size."""
     if not tok.real:
         return list(state)
     from avatarjax.data.synthface.identity import sample_identity
@@ -682,12 +684,12 @@ def evaluate_turn_taking(model, cfg, args: list[str], checkpoint=None, agent: Du
             codes = sv.stand_in_audio_codes(audio, frames, tok.q, tok.v, tok.code_range)
             data_talk = np.array([tok.talking(c, None) for c in codes])
         # (A) the human talks (the session's speaker), the agent is the listener
-        a_items = list(agent.stream(audio_in.reshape(frames, spf), _human_frames(tok, sess["speaker_state"],
+        a_items = list(agent.stream(audio_in.reshape(frames, spf), human_frames(tok, sess["speaker_state"],
                                                                                   sess["speaker_id"]),
                                     identity=sess["listener_id"] if use_identity else None, seed=ns.seed + 2 * s))
         # (B) the human is a silent listener, the agent is addressed
         b_items = list(agent.stream(np.zeros((frames, spf), np.float32),
-                                    _human_frames(tok, sess["listener_state"], sess["listener_id"]),
+                                    human_frames(tok, sess["listener_state"], sess["listener_id"]),
                                     identity=sess["speaker_id"] if use_identity else None, seed=ns.seed + 2 * s + 1))
         latencies += [it.latency_s for it in a_items + b_items]
         for it in a_items:

@@ -293,3 +293,13 @@ def test_trainer_smoke_three_steps(tmp_path):
     losses = [r["loss"] for r in rows if "loss" in r]
     assert result.step == 3 and len(losses) == 3 and np.isfinite(losses).all()
     assert all(np.isfinite(r["nll"]) and np.isfinite(r["diffusion"]) for r in rows if "nll" in r)
+    # `avatarjax sample` of a stand-in LM: the duplex agent answers an eval session's speaker as a live stream
+    from avatarjax.train.export import load_model
+
+    model, run_cfg = load_model(tmp_path / "run")
+    out = SPEECH_VIDEO_TASK.sample(model, run_cfg, tmp_path / "s", ["--frames", "12", "--sessions", "1"])
+    q, net = cfg.model.net.num_codebooks, cfg.model.net
+    assert np.load(tmp_path / "s" / "agent_codes_000.npy").shape == (12 - (q - 1), q)  # the delay pattern
+    assert np.load(tmp_path / "s" / "agent_video_000.npy").shape == (12, net.video_tokens, net.video_dim)
+    assert np.load(tmp_path / "s" / "agent_face_state_000.npy").shape[0] == 12
+    assert out["latency"]["real_time_factor"] > 0 and "stand-in" in out["notes"][0]

@@ -42,7 +42,6 @@ import argparse
 import dataclasses
 import functools
 import threading
-import time
 from pathlib import Path
 
 import jax
@@ -387,48 +386,47 @@ def flops_per_example(cfg) -> float:
 
 
 def sample(model: SpeechVideoSystem, cfg, out_dir, args: list[str], checkpoint=None) -> dict:
-    """``avatarjax sample ... [--frames N] [--sessions N]``: stream eval sessions' human side (the session's
-    speaker) through a ``DuplexSession`` and write the agent's codes and video tokens (``agent_*.npy``), with the
-    per-frame latency and real-time factor (25 fps) after the first (compiling) frame.
+    """``avatarjax sample ... [--frames N] [--sessions N]``: the duplex agent (``pipelines.duplex_agent.DuplexAgent``,
+    compiled once) answers held-out eval sessions' speaker, fed frame by frame as a live stream (16 kHz audio
+    chunks and face states, tokenized as they arrive), and writes per session the agent's codes
+    ``agent_codes_XXX.npy`` ``[frames - Q + 1, Q]``, video tokens ``agent_video_XXX.npy`` ``[frames, K, D]`` and face
+    states ``agent_face_state_XXX.npy`` ``[frames, 24]``, with the per-frame latency and real-time factor (25 fps).
 
     With ``--human-audio WAV [--human-video MP4] [--prompt TEXT]`` (and always for an LM trained on real tokens)
     the duplex agent answers a recorded human instead (``pipelines.duplex_agent.sample_cli``)."""
-    if cfg.data.tokens or any(a.startswith("--human-audio") for a in args):
-        from avatarjax.pipelines.duplex_agent import sample_cli
+    from avatarjax.pipelines import duplex_agent
 
-        return sample_cli(model, cfg, out_dir, args, checkpoint)
+    if cfg.data.tokens or any(a.startswith("--human-audio") for a in args):
+        return duplex_agent.sample_cli(model, cfg, out_dir, args, checkpoint)
     sc = cfg.sample
     p = argparse.ArgumentParser(prog="avatarjax sample (speech_video)")
     p.add_argument("--frames", type=int, default=sc.frames)
     p.add_argument("--sessions", type=int, default=sc.sessions)
     ns = p.parse_args(args)
-    net = model.net.cfg
-    sessions = DialogueSessions(cfg, "eval")
+    frames = min(ns.frames, cfg.data.session_frames)
+    agent = duplex_agent.DuplexAgent((model, cfg), max_frames=frames)
+    tok, spf = agent.tokenizers, agent.samples_per_frame
+    sessions = duplex_agent.RawSessions(cfg, "eval")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    latencies = []
+    latencies: list[float] = []
     from tqdm.auto import tqdm
 
     for s in tqdm(range(min(ns.sessions, len(sessions))), desc="duplex sessions", unit="session", disable=None):
-        human = sessions.session(s)["speaker"]
-        frames = min(ns.frames, cfg.data.session_frames)
-        session = svlm.DuplexSession(model.net, max_frames=frames, seed=sc.seed + s, temperature=sc.temperature,
-                                     video_steps=sc.video_steps or None)
-        codes, video = [], []
-        for i in range(frames):
-            prev = max(i - 1, 0)
-            t0 = time.perf_counter()
-            out = session.step(human["codes"][prev][None], human["video"][prev][None])
-            if i:  # frame 0 compiles
-                latencies.append(time.perf_counter() - t0)
-            if out.codes_valid:
-                codes.append(out.codes[0])
-            video.append(out.video[0])
-        np.save(out_dir / f"agent_codes_{s:03d}.npy", np.asarray(codes, np.int32).reshape(-1, net.num_codebooks))
-        np.save(out_dir / f"agent_video_{s:03d}.npy", np.asarray(video, np.float32))
-    ms = 1000 * float(np.mean(latencies)) if latencies else float("nan")
-    return {"output": str(out_dir.absolute()), "ms_per_frame": ms, "real_time_factor": ms / (1000 / schema.FPS),
-            "device": jax.devices()[0].device_kind}
+        sess = sessions.session(s)
+        audio = np.zeros((frames * spf,), np.float32)
+        audio[:min(len(sess["speaker_audio"]), frames * spf)] = sess["speaker_audio"][:frames * spf]
+        human = duplex_agent.human_frames(tok, sess["speaker_state"], sess["speaker_id"])
+        items = list(agent.stream(audio.reshape(frames, spf), human, seed=sc.seed + s))
+        latencies += [it.latency_s for it in items]
+        codes = [it.codes for it in items if it.codes is not None]
+        np.save(out_dir / f"agent_codes_{s:03d}.npy", np.asarray(codes, np.int32).reshape(-1, agent.lm.num_codebooks))
+        np.save(out_dir / f"agent_video_{s:03d}.npy", np.stack([it.video_tokens for it in items]).astype(np.float32))
+        if not agent.real:
+            np.save(out_dir / f"agent_face_state_{s:03d}.npy", np.stack([it.face_state for it in items]))
+    report = duplex_agent.latency_report(latencies, skip_first=False)
+    return {"output": str(out_dir.absolute()), "latency": report, "compile_s": round(agent.warmup_s, 2),
+            "notes": agent.notes, "device": jax.devices()[0].device_kind}
 
 
 def evaluate(model: SpeechVideoSystem, cfg, args: list[str], checkpoint=None) -> dict:
