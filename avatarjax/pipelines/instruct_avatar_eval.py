@@ -207,7 +207,7 @@ def long_form(pipe, *, seconds: float = 60.0, instruction: str = "talk with a bi
         "steps_per_window": pipe.steps_per_window(seed=seed), "wall_s": round(wall, 2),
         "real_time_factor": round(wall / (len(frames) / schema.FPS), 3),
         "knobs": {k: info[k] for k in ("head_motion_scale", "expression_scale", "lip_only", "smoothing",
-                                        "anchor_colours", "harmonize")},
+                                        "anchor_colours", "harmonize", "seam_smoothing")},
         **measured,
     }
     return drift.write_report(report, out_dir) if out_dir is not None else report

@@ -277,6 +277,29 @@ def gaussian_smooth(track: np.ndarray, sigma: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def smooth_seams(track: np.ndarray, plan: WindowPlan, sigma: float) -> np.ndarray:
+    """``track [T, C]`` Gaussian-smoothed along time (``sigma`` frames) around each window hand-over only: full
+    strength over window ``k``'s seam zone (the transition into its cross-faded prefix through the one out of it),
+    fading to none over ``ceil(2 sigma)`` frames on each side; every other frame is unchanged. 0 = off.
+
+    What it removes: the network's first frames after a continued prefix need not move on exactly as the committed
+    frames did, so the transition out of the prefix is a step larger than ordinary frame-to-frame motion; the
+    smoothing spreads that step over a few frames (like the prefix cross-fade, which covers the transition in)."""
+    track = np.asarray(track, np.float32)
+    if sigma <= 0 or plan.num_windows < 2:
+        return track.copy()
+    ramp = int(math.ceil(2 * sigma))
+    weight = np.zeros(len(track), np.float32)
+    for k in range(1, plan.num_windows):
+        s, n = plan.starts[k], plan.known_frames(k)
+        lo, hi = s - 1, s + n  # the frames on both sides of the two hand-over transitions
+        for i in range(max(lo - ramp, 0), min(hi + ramp + 1, len(track))):
+            outside = max(lo - i, i - hi, 0)
+            weight[i] = max(weight[i], 1.0 - outside / (ramp + 1))
+    smooth = gaussian_smooth(track, sigma)
+    return track + weight[:, None] * (smooth - track)
+
+
 def smooth_pose(pose: np.ndarray, *, smoothing: float = 1.5, head_motion_scale: float = 1.0,
                 lip_only: bool = False, portrait_pose: np.ndarray | None = None, posnet=None,
                 posnet_offset: int = 0) -> np.ndarray:

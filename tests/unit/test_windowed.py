@@ -152,6 +152,27 @@ def test_seam_jumps_find_the_seams():
     assert fair["seam_p95_over_within_p95"] > 1.1 and 0.85 < fair["seam_p95_over_within_pair_p95"] < 1.15
 
 
+def test_smooth_seams_removes_a_step_at_the_hand_over_and_leaves_the_rest():
+    plan = windowed.plan_windows(120, 32, 8)
+    t = np.arange(120, dtype=np.float32)
+    track = np.stack([np.sin(t / 5), np.cos(t / 7)], axis=1)
+    stepped = track.copy()
+    exit_ = plan.starts[2] + plan.known_frames(2)  # window 2 leaves its prefix with a step
+    stepped[exit_:] += 0.5
+    motion = lambda x: np.abs(np.diff(x, axis=0)).mean(axis=1)  # noqa: E731
+    before = windowed.seam_jumps(motion(stepped), plan)
+    out = windowed.smooth_seams(stepped, plan, 1.0)
+    after = windowed.seam_jumps(motion(out), plan)
+    assert after["per_seam"][1] < 0.5 * before["per_seam"][1]
+    zone = np.zeros(120, bool)
+    for k in range(1, plan.num_windows):  # seam zone plus the ramp of ceil(2 sigma) = 2 frames each side
+        zone[max(plan.starts[k] - 3, 0):plan.starts[k] + plan.known_frames(k) + 3] = True
+    np.testing.assert_array_equal(out[~zone], stepped[~zone])
+    np.testing.assert_array_equal(windowed.smooth_seams(stepped, plan, 0), stepped)
+    one = windowed.plan_windows(20, 32, 8)
+    np.testing.assert_array_equal(windowed.smooth_seams(track[:20], one, 1.0), track[:20])
+
+
 @pytest.fixture(scope="module")
 def small_pipe():
     from pathlib import Path
