@@ -245,7 +245,8 @@ def test_talking_folders_build(built):
     by_id = {r["clip_id"].decode(): r for r in records}
     assert len(by_id["spk_a/clip0"]["frames"]) == 20 and by_id["spk_a/clip0"]["audio_flag"] == 1
     sad = by_id["spk_b/take7"]
-    assert len(sad["frames"]) == 12 and sad["audio"].size == 12 * 640  # 15 frames at 30 fps -> 12 at 25
+    # 15 frames at 30 fps last 0.5 s = 12.5 frames at 25 fps: 13, the last partial one kept (media.frame_indices_for_fps)
+    assert len(sad["frames"]) == 13 and sad["audio"].size == 13 * 640
     assert sad["label"] == b"sad" and sad["intensity"] == 3 and json.loads(sad["instructions"])
     assert np.abs(sad["audio"][:8000]).max() > 0  # the .wav beside the clip, resampled from 22.05 kHz
 
