@@ -26,6 +26,35 @@ def _median_time(fn, repeats: int) -> float:
     return harness.median_seconds(fn, repeats)
 
 
+def _attention_fwd_bwd(batch: int, tokens: int, heads: int, head_dim: int, repeats: int) -> dict:
+    """The DiT's self-attention alone, forward and forward + backward: ours (``nn.attention.attend``, the
+    configured implementation) vs torch ``scaled_dot_product_attention``, same shapes (ms, and ours' speed ratio)."""
+    import torch
+
+    from avatarjax.nn.attention import attend
+
+    rng = np.random.default_rng(0)
+    qkv = [rng.standard_normal((batch, tokens, heads, head_dim)).astype(np.float32) for _ in range(3)]
+    q, k, v = map(jnp.asarray, qkv)
+    loss = lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v)))  # noqa: E731
+    fwd, grad = jax.jit(lambda q, k, v: attend(q, k, v)), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    ours_fwd = _median_time(lambda: fwd(q, k, v).block_until_ready(), repeats)
+    ours_bwd = _median_time(lambda: jax.block_until_ready(grad(q, k, v)), repeats)
+    qt, kt, vt = (torch.from_numpy(x.transpose(0, 2, 1, 3).copy()).requires_grad_() for x in qkv)
+
+    def torch_fwd():
+        with torch.no_grad():
+            torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+
+    def torch_fwd_bwd():
+        torch.sin(torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)).sum().backward()
+
+    ref_fwd, ref_bwd = _median_time(torch_fwd, repeats), _median_time(torch_fwd_bwd, repeats)
+    return {"shape": [batch, tokens, heads, head_dim], "reference": "torch scaled_dot_product_attention",
+            "forward_ms": {"ours": 1e3 * ours_fwd, "torch": 1e3 * ref_fwd, "speedup": ref_fwd / ours_fwd},
+            "forward_backward_ms": {"ours": 1e3 * ours_bwd, "torch": 1e3 * ref_bwd, "speedup": ref_bwd / ours_bwd}}
+
+
 def bench_cogportrait(argv: list[str]) -> dict:
     import torch
     from diffusers import WanTransformer3DModel
@@ -120,6 +149,8 @@ def bench_cogportrait(argv: list[str]) -> dict:
     sampling["steps"] = n
 
 
+    attention = _attention_fwd_bwd(ns.batch, ns.frames * (ns.size // 2) ** 2, ns.heads, ns.head_dim, ns.repeats)
+
     big = cp.CogPortraitDiTConfig.ti2v_5b()
     f5b = cp.flops_per_step(big, 1, 31, 44, 80, 512, per_token_timesteps=True)  # 121 frames, 704 x 1280, 4x16x16
     tokens = ns.frames * (ns.size // 2) ** 2
@@ -130,7 +161,7 @@ def bench_cogportrait(argv: list[str]) -> dict:
         "training_step_ms": {"ours": 1e3 * ours_train, "diffusers": 1e3 * ref_train,
                              "speedup": ref_train / ours_train},
         "goal_ours_faster": bool(ours_fwd < ref_fwd and ours_train < ref_train),
-        "training_step": side["detail"], "sampling_scan_vs_loop": sampling,
+        "training_step": side["detail"], "sampling_scan_vs_loop": sampling, "self_attention": attention,
         "summary": [dict(side["summary"], sampling_speedup=sampling["speedup"],
                          note=f"AdamW step, {ns.layers} layers, {tokens} tokens; sampling: {n} Euler steps")],
         "ti2v_5b": {"params": None, "forward_tflops_per_step": f5b / 1e12,
