@@ -71,7 +71,9 @@ def test_controls_switch_exactly_at_a_frame_boundary(agent, world, monkeypatch):
     assert planner.counts["valid"] >= 1 and planner.counts["applied"] >= 1
     first = planner.applied[0]
     plan, f0 = first["plan"], first["frame"]
-    assert plan.context_frame == 9 and f0 == 13  # the next boundary after the reply
+    # the thread is woken after frame 9 and reads the newest frame when it runs (never an older one): 9, or a later
+    # frame when the stream got ahead of it on a busy CPU; the plan lands at the next boundary after the reply
+    assert 9 <= plan.context_frame <= 12 and f0 == 13
     motion = DS.motion_features(plan.trajectory)
     for i, (m, on) in enumerate(used[:FRAMES]):
         if i < f0:
