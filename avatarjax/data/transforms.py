@@ -45,10 +45,6 @@ def normalize_audio(wav: np.ndarray, mode: str = "zero_mean_unit_var", eps: floa
     raise DataError(f"unknown audio normalisation '{mode}': use zero_mean_unit_var or peak")
 
 
-def frame_times(num_frames: int, fps: float) -> np.ndarray:
-    return np.arange(num_frames, dtype=np.float64) / fps
-
-
 def convert_fps(track: np.ndarray, fps: float, target_fps: float = TARGET_FPS, *,
                 interpolate: bool = True) -> np.ndarray:
     """Resample a per-frame array ``[T, ...]`` from ``fps`` to ``target_fps`` covering the same duration, at the

@@ -61,7 +61,7 @@ def conv_transpose_1d(x: jax.Array, kernel: jax.Array, stride: int, padding: int
     (the gemm form is unmeasured on GPU/TPU here).
     """
     if impl == "auto":
-        impl = _TRANSPOSED_CONV_FORM.get()
+        impl = _TRANSPOSED_CONV_FORM.get()  # the scope's form; still "auto" outside a scope
     if impl == "auto":
         impl = "gemm" if jax.default_backend() == "cpu" else "conv"
     k, _, cout = kernel.shape

@@ -147,8 +147,6 @@ def bench_cogportrait(argv: list[str]) -> dict:
 
     sampling = harness.scan_vs_loop(lambda: scanned(state, x, cj), looped, ns.repeats)
     sampling["steps"] = n
-
-
     attention = _attention_fwd_bwd(ns.batch, ns.frames * (ns.size // 2) ** 2, ns.heads, ns.head_dim, ns.repeats)
 
     big = cp.CogPortraitDiTConfig.ti2v_5b()

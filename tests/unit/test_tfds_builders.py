@@ -377,10 +377,11 @@ def test_clip_hooks_and_automatic_pfl_window(tmp_path):
 def test_preprocessing_pieces():
     # streaming 30 -> 25 fps picks the nearest source frame and keeps the tail
     frames = [np.full((2, 2, 3), i, np.uint8) for i in range(36)]
-    out = list(video_lib.resample_frames(iter(frames), 30.0, video_lib.output_length(36, 30.0), 36))
+    out = list(video_lib.resample_frames(iter(frames), video_lib.media.frame_indices_for_fps(36, 30.0, 25)))
     assert [int(f[0, 0, 0]) for f in out] == list(video_lib.media.frame_indices_for_fps(36, 30.0, 25))  # one rule
     assert len(out) == 30
-    assert len(list(video_lib.resample_frames(iter(frames[:5]), 25.0, 8))) == 8  # short source: last repeats
+    index = video_lib.media.frame_indices_for_fps(5, 25.0, 25, count=8)
+    assert len(list(video_lib.resample_frames(iter(frames[:5]), index))) == 8  # short source: last repeats
     # BS.1770: a full-scale 1 kHz sine reads about -3 LUFS; normalisation reaches the target
     t = np.arange(16_000 * 2) / 16_000
     sine = np.sin(2 * np.pi * 1000 * t).astype(np.float32)

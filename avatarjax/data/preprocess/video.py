@@ -251,17 +251,11 @@ def image_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.stem.isdigit()]
 
 
-def output_length(source_frames: int, fps: float, target_fps: float = FPS) -> int:
-    """Frames at ``target_fps`` covering the same duration (the tail kept: ``media.frame_indices_for_fps``)."""
-    return len(media.frame_indices_for_fps(source_frames, fps, target_fps))
-
-
-def resample_frames(frames: Iterator[np.ndarray], fps: float, total: int,
-                    source_frames: int | None = None) -> Iterator[np.ndarray]:
-    """Stream ``total`` frames at 25 fps from a stream at ``fps``: output frame ``k`` is the source frame on screen at
-    its centre time (``media.frame_indices_for_fps``, as ``media.convert_video_fps``); the last frame repeats when the
+def resample_frames(frames: Iterator[np.ndarray], index: np.ndarray) -> Iterator[np.ndarray]:
+    """Stream source frame ``index[k]`` for every output frame ``k`` (``media.frame_indices_for_fps``: the frame on
+    screen at each 25 fps frame's centre time) from a stream of source frames; the last frame repeats when the
     source ends early."""
-    index = media.frame_indices_for_fps(source_frames or 1 << 40, fps, count=total)
+    total = len(index)
     k, last = 0, None
     for i, frame in enumerate(frames):
         last = frame
@@ -359,7 +353,9 @@ def process_clip(video: str | Path, config: PreprocessConfig, *, audio: str | Pa
     else:
         crop = center_box(size)
     source_frames = info.frames if info.frames > 0 else sum(1 for _ in iter_frames(video))
-    total = num_frames or output_length(source_frames, info.fps)
+    # 25 fps frames covering the video (the tail kept), or num_frames of them
+    index = media.frame_indices_for_fps(source_frames, info.fps, FPS, count=num_frames or None)
+    total = len(index)
     if silent:
         audio_path = None
     else:
@@ -392,7 +388,7 @@ def process_clip(video: str | Path, config: PreprocessConfig, *, audio: str | Pa
         return out
 
     start, encoded = 0, []
-    for frame in resample_frames(iter_frames(video), info.fps, total, source_frames):
+    for frame in resample_frames(iter_frames(video), index):
         patch = crop_resize(frame, crop, config.size)
         encoded.append(encode_image(patch, config))
         if extractor is not None:
