@@ -47,6 +47,10 @@ class MotionVAEConfig:
     groups: int = 32  # GroupNorm groups (gcd with the channel count)
     kl_weight: float = 1e-6  # on the KL summed over latent dims, relative to the L1 summed over pixels (SD)
     l1_weight: float = 1.0
+    # extra L1 weight on the "moving" pixels (those where source and target differ by more than
+    # MOVING_THRESHOLD): without it copying the source frame is a deep local optimum that leaves the motion latent
+    # unused (see the motion_vae objective's docstring); 0 = the released objective
+    moving_weight: float = 0.0
     perceptual_weight: float = 0.0  # feature matching on discriminator features (no LPIPS weights offline)
     adversarial_weight: float = 0.0  # hinge GAN generator loss
     disc_channels: int = 64

@@ -12,7 +12,8 @@ from flax import nnx
 
 from avatarjax.codecs import motion_vae as mv
 from avatarjax.config import load_config
-from avatarjax.data.synthface import identity as identity_lib, render
+from avatarjax.data.synthface import identity as identity_lib, render, schema
+from avatarjax.errors import ConfigError
 from avatarjax.parallel import rules as rules_lib
 from avatarjax.registry import TASKS
 from avatarjax.train.export import load_model
@@ -105,6 +106,51 @@ def test_identity_swap_keeps_the_state_and_changes_the_identity():
     np.testing.assert_array_equal(same["driver_identity"], same["identity"])
 
 
+def test_neutral_source_is_the_identity_at_rest():
+    cfg = _config("synthface_tiny", "--config.data.neutral_source_prob=1.0")
+    batch = next(iter(objective.dataset(cfg, "train")))
+    world_seed = cfg.data.synthface.world_seed
+    for row in range(len(batch["target"])):
+        identity = identity_lib.sample_identity(int(batch["identity"][row]), world_seed)
+        neutral = render.render_frames(identity, schema.neutral_state(1), 32)[0]
+        # float32 rounding of a batch of two renders flips a few anti-aliased edge pixels: near, not equal
+        assert np.mean(neutral != batch["source"][row]) < 0.01
+    # probability 0 draws nothing extra: the released objective's frame picks are unchanged
+    released = next(iter(objective.dataset(_config(), "eval")))
+    explicit = next(iter(objective.dataset(_config(), "eval", neutral_source_prob=0.0)))
+    np.testing.assert_array_equal(released["source"], explicit["source"])
+    with pytest.raises(ConfigError, match="neutral_source_prob"):
+        objective.dataset(_config("synthface_tiny", "--config.data.neutral_source_prob=1.5"), "train")
+
+
+def test_moving_weight_adds_the_l1_of_the_pixels_that_differ_from_the_source():
+    cfg = _config("synthface_tiny", "--config.model.num_res_blocks=0")
+    weighted = _config("synthface_tiny", "--config.model.num_res_blocks=0", "--config.model.moving_weight=2.0")
+    graphdef, abstract, _ = _abstract(cfg)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0.0, 0.2, x.shape), x.dtype), abstract)
+    batch = objective.example_batch(cfg, 2)
+    batch["source"] = rng.integers(0, 256, batch["source"].shape, np.uint8)
+    batch["target"] = batch["source"].copy()
+    batch["target"][:, :8] = 255 - batch["target"][:, :8]  # the top 8 rows move (by 2+ levels of 255)
+    batch["driver"] = batch["target"]
+    key = jax.random.key(0)
+    plain, m = objective.loss(nnx.merge(graphdef, params), batch, key, jnp.int32(0))
+    graphdef_w, _, _ = _abstract(weighted)
+    total, mw = objective.loss(nnx.merge(graphdef_w, params), batch, key, jnp.int32(0))
+    moving = np.asarray(objective.moving_pixels(mv.to_model_range(batch["source"]),
+                                                mv.to_model_range(batch["target"])))
+    assert 0 < moving.mean() <= 0.25 and np.all(moving[:, 8:] == 0)
+    np.testing.assert_allclose(float(total - plain), 2.0 * float(m["l1_moving"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m["l1_moving"]), float(mw["l1_moving"]), rtol=1e-6)
+    model = nnx.merge(graphdef, params)
+    app_key, mot_key = jax.random.split(key)  # as the loss draws its posterior samples
+    recon = model.decode(mv.sample_posterior(*model.encode_appearance(mv.to_model_range(batch["source"])), app_key),
+                         mv.sample_posterior(*model.encode_motion(mv.to_model_range(batch["driver"])), mot_key))
+    error = np.abs(np.asarray(recon) - np.asarray(mv.to_model_range(batch["target"])))
+    np.testing.assert_allclose(float(m["l1_moving"]), (error * moving).sum() / (moving.sum() * 3), rtol=1e-5)
+
+
 def test_discriminator_learns_only_from_its_own_loss():
     cfg = _config("synthface_tiny", "--config.model.adversarial_weight=0.5", "--config.model.perceptual_weight=1.0",
                   "--config.model.num_res_blocks=0", "--config.model.disc_channels=8", "--config.model.disc_layers=2")
@@ -157,3 +203,7 @@ def test_trains_and_a_sharded_run_matches_one_device(tmp_path):
     sheet = cv2.imread(result["output"])
     assert sheet.shape[0] > sheet.shape[1] and 0 <= result["motion_identity_share"] <= 1
     assert {"eval_psnr_swap", "eval_psnr_self", "eval_psnr_copy", "motion_latent_std"} <= set(result)
+    assert {"eval_neutral_psnr_swap_moving", "eval_neutral_psnr_copy_moving"} <= set(result)
+    transfer = objective.motion_transfer(model, saved, seconds=1.0)
+    assert 0 <= transfer["transfer_mouth_amplitude"] < 10 and -1 <= transfer["transfer_mouth_correlation"] <= 1
+    assert 0 < transfer["transfer_l1"] < 255

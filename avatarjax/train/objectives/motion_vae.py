@@ -10,7 +10,15 @@ at random and rendered at ``data.frame_size``:
   identity of the same split (else B = A and driver = target). The swap forces the motion latent to carry the
   expression and pose but no identity.
 
-Loss = l1_weight * L1 + kl_weight * KL + the optional GAN terms. L1 is the mean over pixels; the KL of both
+With probability ``neutral_source_prob`` the source is instead A in the neutral state (head straight, mouth
+closed: the kind of portrait the pipelines animate), so the whole expression and pose must come through the motion
+latent. Two frames of one clip often differ only around the mouth and eyes, so copying the source is a good
+reconstruction and a deep local optimum: the small config trained with the released objective (source from the
+clip, plain L1) reconstructed swaps worse than the source frame itself (26.5 vs 27.6 dB) and, decoding from a
+neutral portrait, moved the mouth 100x less than the true face. ``model.moving_weight`` adds that weight times the
+L1 over the moving pixels (``moving_pixels``: source and target differ), the pixels the copy gets wrong.
+
+Loss = l1_weight * L1 + moving_weight * L1(moving) + kl_weight * KL + the optional GAN terms. L1 is the mean over pixels; the KL of both
 posteriors is summed over latent dims and divided by the pixel count, so ``kl_weight`` keeps its SD meaning
 (relative to the L1 summed over pixels). The PatchGAN discriminator is a submodule of the same model, trained
 by the same optimizer; its parameters are disjoint from the VAE's, so one gradient of the sum serves both:
@@ -35,7 +43,7 @@ from flax import nnx
 from avatarjax.codecs import motion_vae as mv
 from avatarjax.config import dtype_of
 from avatarjax.data import pipeline
-from avatarjax.data.synthface import identity as identity_lib, render
+from avatarjax.data.synthface import identity as identity_lib, render, schema
 from avatarjax.data.synthface.loader import SynthfaceDataConfig, source as synthface_source
 from avatarjax.data.synthface.schema import NUM_CHANNELS
 from avatarjax.errors import ConfigError
@@ -47,6 +55,7 @@ class MotionVAEDataConfig:
     synthface: SynthfaceDataConfig = SynthfaceDataConfig()  # only its world, data_dir and loader fields are read
     frame_size: int = 64  # must equal model.frame_size
     swap_prob: float = 0.5  # probability that the driver is another identity
+    neutral_source_prob: float = 0.0  # probability that the source is the identity's neutral face (0 = released)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -77,14 +86,17 @@ def split_identities(cfg: SynthfaceDataConfig, split: str) -> np.ndarray:
 
 
 def make_example(clip: dict, rng: np.random.Generator, *, frame_size: int, swap_prob: float, pool: np.ndarray,
-                 world_seed: int) -> dict:
+                 world_seed: int, neutral_source_prob: float = 0.0) -> dict:
     """``target``, ``source``, ``driver`` uint8 ``[S, S, 3]``; ``state`` float32 ``[24]`` (of target and driver);
     ``identity``, ``driver_identity`` int32."""
     state = clip["state"]
     i, j = rng.integers(len(state), size=2)
     a = int(clip["identity"])
-    target, src = render.render_frames(identity_lib.Identity.from_vector(clip["identity_vector"]), state[[i, j]],
-                                       frame_size)
+    source_state = state[j]
+    if neutral_source_prob > 0 and rng.random() < neutral_source_prob:  # no draw at 0: released picks unchanged
+        source_state = schema.neutral_state(1)[0]
+    target, src = render.render_frames(identity_lib.Identity.from_vector(clip["identity_vector"]),
+                                       np.stack([state[i], source_state]), frame_size)
     b, driver = a, target
     if rng.random() < swap_prob:
         others = pool[pool != a]
@@ -98,17 +110,24 @@ def _check(cfg) -> None:
     if cfg.data.frame_size != cfg.model.frame_size:
         raise ConfigError(f"data.frame_size={cfg.data.frame_size} differs from model.frame_size="
                           f"{cfg.model.frame_size}: set both to the same size")
-    if not 0.0 <= cfg.data.swap_prob <= 1.0:
-        raise ConfigError(f"data.swap_prob must be in [0, 1], got {cfg.data.swap_prob}")
+    for name in ("swap_prob", "neutral_source_prob"):
+        if not 0.0 <= getattr(cfg.data, name) <= 1.0:
+            raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(cfg.data, name)}")
+    if cfg.model.moving_weight < 0:
+        raise ConfigError(f"model.moving_weight must be >= 0, got {cfg.model.moving_weight}")
 
 
-def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1, swap_prob: float | None = None):
+def dataset(cfg, split: str, process_index: int = 0, process_count: int = 1, swap_prob: float | None = None,
+            neutral_source_prob: float | None = None):
     """Batches of ``make_example`` (train: shuffled, repeated; eval: one pass in order). Frame picks and swaps
-    are seeded per row, so eval batches are the same every time. ``swap_prob`` overrides ``data.swap_prob``."""
+    are seeded per row, so eval batches are the same every time. ``swap_prob`` and ``neutral_source_prob``
+    override the ``data`` fields of those names."""
     _check(cfg)
     world = cfg.data.synthface
+    pick = lambda given, name: getattr(cfg.data, name) if given is None else given  # noqa: E731
     transform_kw = dict(frame_size=cfg.data.frame_size, pool=split_identities(world, split),
-                        swap_prob=cfg.data.swap_prob if swap_prob is None else swap_prob, world_seed=world.world_seed)
+                        swap_prob=pick(swap_prob, "swap_prob"), world_seed=world.world_seed,
+                        neutral_source_prob=pick(neutral_source_prob, "neutral_source_prob"))
     return clip_batches(cfg, split, process_index, process_count,
                         lambda clip, rng: make_example(clip, rng, **transform_kw))
 
@@ -164,10 +183,14 @@ def loss(model: mv.MotionVAE, batch: dict, key: jax.Array, step: jax.Array):
     mot_mean, mot_logvar = model.encode_motion(driver)
     recon = model.decode(mv.sample_posterior(app_mean, app_logvar, app_key),
                          mv.sample_posterior(mot_mean, mot_logvar, mot_key))
-    metrics = {"l1": jnp.mean(jnp.abs(recon - target)),
+    error = jnp.abs(recon - target)
+    moving = moving_pixels(src, target)
+    metrics = {"l1": jnp.mean(error),
+               "l1_moving": jnp.sum(error * moving) / jnp.maximum(jnp.sum(moving) * 3, 1.0),
                "kl": jnp.mean(mv.kl_divergence(app_mean, app_logvar) + mv.kl_divergence(mot_mean, mot_logvar)),
                "psnr": jnp.mean(mv.psnr(recon, target))}
-    total = cfg.l1_weight * metrics["l1"] + cfg.kl_weight * metrics["kl"] / (cfg.frame_size ** 2 * 3)
+    total = (cfg.l1_weight * metrics["l1"] + cfg.moving_weight * metrics["l1_moving"]
+             + cfg.kl_weight * metrics["kl"] / (cfg.frame_size ** 2 * 3))
     if model.discriminator is not None:
         gan, terms = gan_terms(model.discriminator, target, recon, step, cfg)
         total += gan
@@ -201,6 +224,12 @@ def flops_per_example(cfg) -> float:
 MOVING_THRESHOLD = 16 / 255  # in [-1, 1] units: 8 levels of 255 in some channel
 
 
+def moving_pixels(source: jax.Array, target: jax.Array) -> jax.Array:
+    """float32 ``[N, S, S, 1]``: 1 where frames ``[N, S, S, 3]`` in [-1, 1] differ by more than
+    ``MOVING_THRESHOLD`` in some channel (what copying the source gets wrong)."""
+    return jnp.any(jnp.abs(source - target) > MOVING_THRESHOLD, axis=-1, keepdims=True).astype(jnp.float32)
+
+
 def _reconstruct(model: mv.MotionVAE, batch: dict) -> dict[str, jax.Array]:
     """Posterior-mean reconstructions from the driver's motion (``swap``) and from the target's own (``self``),
     and per-image PSNRs of them and of the source frame itself (``copy``: what ignoring the motion scores), over
@@ -209,7 +238,7 @@ def _reconstruct(model: mv.MotionVAE, batch: dict) -> dict[str, jax.Array]:
     app, _ = model.encode_appearance(src)
     preds = {"swap": model.decode(app, model.encode_motion(mv.to_model_range(batch["driver"]))[0]),
              "self": model.decode(app, model.encode_motion(target)[0]), "copy": src}
-    moving = jnp.any(jnp.abs(src - target) > MOVING_THRESHOLD, axis=-1, keepdims=True)
+    moving = moving_pixels(src, target) > 0
     out = {f"psnr_{name}": mv.psnr(pred, target) for name, pred in preds.items()}
     out.update({f"psnr_{name}_moving": mv.psnr(pred, target, moving) for name, pred in preds.items()})
     return {**out, "swap": preds["swap"], "self": preds["self"]}
@@ -252,21 +281,54 @@ def motion_latent_stats(model: mv.MotionVAE, cfg, clips: int = 16, stride: int =
 
 
 def _evaluate(model: mv.MotionVAE, cfg, batches: int) -> tuple[dict[str, float], dict]:
-    """Mean eval PSNRs (see ``_reconstruct``) over ``batches`` eval batches with swap_prob 1, and the first
-    batch with its reconstructions."""
+    """Mean eval PSNRs (see ``_reconstruct``) over ``batches`` eval batches with swap_prob 1, twice: ``eval_*``
+    with the source drawn from the clip (the released objective's condition) and ``eval_neutral_*`` with the
+    neutral face as the source (the pipelines' condition: a neutral portrait's appearance, every expression from
+    the motion latent); and the first batch of the first pass with its reconstructions."""
     run = nnx.jit(_reconstruct)
-    sums: dict[str, list] = {}
-    first = None
-    for n, batch in enumerate(dataset(cfg, "eval", swap_prob=1.0)):
-        if n >= batches:
-            break
-        out = run(model, batch)
-        if first is None:
-            first = {**batch, "swap": np.asarray(out["swap"]), "self": np.asarray(out["self"])}
-        for name, value in out.items():
-            if name.startswith("psnr"):
-                sums.setdefault(name, []).append(np.asarray(value))
-    return {f"eval_{k}": float(np.mean(np.concatenate(v))) for k, v in sums.items()}, first
+    metrics, first = {}, None
+    for prefix, neutral in (("eval_", 0.0), ("eval_neutral_", 1.0)):
+        sums: dict[str, list] = {}
+        for n, batch in enumerate(dataset(cfg, "eval", swap_prob=1.0, neutral_source_prob=neutral)):
+            if n >= batches:
+                break
+            out = run(model, batch)
+            if first is None:
+                first = {**batch, "swap": np.asarray(out["swap"]), "self": np.asarray(out["self"])}
+            for name, value in out.items():
+                if name.startswith("psnr"):
+                    sums.setdefault(name, []).append(np.asarray(value))
+        metrics.update({f"{prefix}{k}": float(np.mean(np.concatenate(v))) for k, v in sums.items()})
+    return metrics, first
+
+
+def motion_transfer(model: mv.MotionVAE, cfg, seconds: float = 20.0, chunk: int = 100) -> dict[str, float]:
+    """How much expression survives the pipelines' use of the VAE: the true face of a held-out identity speaking
+    ``seconds`` of synthetic speech (``eval.drift.true_talking_frames``), each frame's motion decoded with the
+    appearance of the identity's neutral portrait. ``transfer_mouth_amplitude``: the mouth box's pixel-change
+    std of the decoded frames over the true frames' (1 = the mouth moves as much; a VAE that copies its source
+    scores ~0); ``transfer_mouth_correlation``: the two mouth signals' correlation; ``transfer_l1``: the mean
+    absolute error in 0-255 levels."""
+    from avatarjax.eval import drift
+
+    size = cfg.model.frame_size
+    _, identity, portrait, wave = drift.utterance(size, seconds, extra_samples=0)
+    truth = drift.true_talking_frames(identity, wave, len(wave) // schema.SAMPLES_PER_FRAME, size)
+    mouth = drift.mouth_box_signal(identity, portrait)
+
+    @nnx.jit
+    def decode(m, frames):
+        appearance, _ = m.encode_appearance(mv.to_model_range(portrait[None]))
+        motion, _ = m.encode_motion(mv.to_model_range(frames))
+        return m.decode(jnp.broadcast_to(appearance, (frames.shape[0],) + appearance.shape[1:]), motion)
+
+    padded = np.concatenate([truth, np.zeros((-len(truth) % chunk,) + truth.shape[1:], np.uint8)])
+    out = np.concatenate([mv.to_uint8(decode(model, padded[i:i + chunk]))
+                          for i in range(0, len(padded), chunk)])[:len(truth)]
+    a, b = mouth(out), mouth(truth)
+    return {"transfer_mouth_amplitude": float(a.std() / b.std()), "transfer_mouth_correlation":
+            float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 else 0.0,
+            "transfer_l1": float(np.abs(out.astype(np.float32) - truth.astype(np.float32)).mean())}
 
 
 def _parse(args: list[str], prog: str):
@@ -276,15 +338,19 @@ def _parse(args: list[str], prog: str):
     p.add_argument("--examples", type=int, default=8, help="columns of the contact sheet (sample)")
     p.add_argument("--batches", type=int, default=3, help="eval batches (swap_prob 1) for the PSNRs")
     p.add_argument("--clips", type=int, default=16, help="eval clips for the motion latent statistics")
+    p.add_argument("--transfer-seconds", type=float, default=20.0,
+                   help="utterance length of the motion-transfer check (motion_transfer; 0 = skip it)")
     return p.parse_args(args)
 
 
 def evaluate(model: mv.MotionVAE, cfg, args: list[str], checkpoint=None) -> dict:
-    """``avatarjax eval ... [--batches N] [--clips N]``: eval PSNRs of swapped and self reconstructions (whole
-    frame and moving pixels) beside the copy-the-source baseline, and the motion latent statistics."""
+    """``avatarjax eval ... [--batches N] [--clips N] [--transfer-seconds S]``: eval PSNRs of swapped and self
+    reconstructions (whole frame and moving pixels) beside the copy-the-source baseline, the motion latent
+    statistics and the motion transfer from a neutral portrait (``motion_transfer``)."""
     ns = _parse(args, "avatarjax eval (motion_vae)")
     metrics, _ = _evaluate(model, cfg, ns.batches)
-    return {**metrics, **motion_latent_stats(model, cfg, clips=ns.clips)}
+    transfer = motion_transfer(model, cfg, ns.transfer_seconds) if ns.transfer_seconds > 0 else {}
+    return {**metrics, **motion_latent_stats(model, cfg, clips=ns.clips), **transfer}
 
 
 def sample(model: mv.MotionVAE, cfg, out_dir, args: list[str], checkpoint=None) -> dict:
