@@ -10,7 +10,10 @@ A *chunk* is the frames one window adds beyond its continued prefix (``WindowPla
 - ``lipsync``: the best mouth/audio-envelope correlation within +-200 ms over the chunk's whole window;
   ``lipsync_truth``: the same score of the synthface world's own face for this audio, measured the same way;
   ``lipsync_relative`` = their ratio. A chunk's raw score depends on how much its audio varies (pauses, long
-  syllables); the ratio does not, so its curve is the lip-sync drift curve.
+  syllables); the ratio does not, so its curve is the lip-sync drift curve;
+- ``mouth_amplitude``: the mouth signal's standard deviation over the chunk's window relative to the world's own
+  face's. Correlation ignores scale, so a mouth that moves in time with the audio but by a fraction of a grey
+  level still scores a high ``lipsync``: this says how much it moves (1 = as much as the world's face).
 
 Each curve is summarised by ``relative_drift`` (max deviation from the first chunk, and the change of a fitted
 line, which separates drift from chunk-to-chunk noise). Seams: ``windowed.seam_jumps`` on the face region's
@@ -152,8 +155,10 @@ def drift_report(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray, pl
         sync, lag = lipsync.lipsync_score(mouth[span], envelope[span], max_lag=5) if enough else (np.nan, 0)
         truth, _ = lipsync.lipsync_score(truth_mouth[span], envelope[span], max_lag=5) if enough else (np.nan, 0)
         rel = sync / truth if np.isfinite(sync) and np.isfinite(truth) and truth > 0.05 else np.nan
+        spread = float(np.std(truth_mouth[span]))
         chunk.update(lipsync=_finite(sync), lipsync_truth=_finite(truth), lipsync_relative=_finite(rel),
-                     lipsync_lag_ms=float(lag * FRAME_MS))
+                     lipsync_lag_ms=float(lag * FRAME_MS),
+                     mouth_amplitude=_finite(np.std(mouth[span]) / spread) if spread > 0 else None)
         chunks.append(chunk)
     inp = len(audio) if input_audio_samples is None else int(input_audio_samples)
     report = {"duration": {"input_audio_s": inp / schema.SAMPLE_RATE, "video_s": n / schema.FPS,
@@ -172,6 +177,9 @@ def drift_report(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray, pl
                          "truth_whole": _finite(lipsync.lipsync_score(truth_mouth, envelope)[0]),
                          **(relative_drift(syncs) if syncs else {})}
     report["lipsync_relative"] = relative_drift(relative) if relative else None
+    amplitude = [c["mouth_amplitude"] for c in chunks if c["mouth_amplitude"] is not None]
+    report["mouth_amplitude"] = {"whole": _finite(np.std(mouth) / np.std(truth_mouth)) if np.std(truth_mouth) > 0
+                                 else None, **(relative_drift(amplitude) if amplitude else {})}
     report["seams_pixels"] = windowed.seam_jumps(windowed.frame_motion(frames, region), plan)
     if latent_motion is not None:
         report["seams_latents"] = windowed.seam_jumps(np.asarray(latent_motion), plan)

@@ -11,6 +11,7 @@ import pytest
 
 from avatarjax.diffusion import samplers, schedules
 from avatarjax.errors import ConfigError
+from avatarjax.eval import lipsync
 from avatarjax import media
 from avatarjax.pipelines import windowed
 
@@ -257,3 +258,24 @@ def test_long_form_drift_report_scores_lip_sync_against_the_worlds_own_face(smal
     assert chunks and all(abs(c["lipsync_relative"] - c["lipsync"] / c["lipsync_truth"]) < 1e-9 for c in chunks)
     saved = json.loads((tmp_path / "drift.json").read_text())
     assert saved["lipsync_relative"] == report["lipsync_relative"] and (tmp_path / "drift.png").stat().st_size > 0
+
+
+def test_drift_report_mouth_amplitude_says_how_much_the_mouth_moves():
+    """Correlation ignores scale: a mouth that follows the audio at a fifth of the true face's swing still has the
+    true face's lip-sync score, and ``mouth_amplitude`` is what shows the difference."""
+    from avatarjax.data.synthface import audio as synth_audio
+    from avatarjax.eval import drift
+
+    rng = np.random.default_rng(0)
+    n, size = 96, 16
+    wave, _, _ = synth_audio.synth_speech(rng, n + 1)
+    wave = wave[:n * 640].astype(np.float32)
+    swing = np.clip(lipsync.audio_rms_envelope(wave, num_frames=n) / 0.2, 0, 1)
+    truth = np.full((n, size, size, 3), 40, np.uint8) + (swing * 200).astype(np.uint8)[:, None, None, None]
+    faint = np.full((n, size, size, 3), 40, np.uint8) + (swing * 40).astype(np.uint8)[:, None, None, None]
+    plan = windowed.plan_windows(n, 32, 8)
+    report = drift.drift_report(faint, wave, truth[0], plan, mouth_of=lambda f: f.mean(axis=(1, 2, 3)),
+                                truth_frames=truth)
+    assert report["lipsync"]["whole"] > 0.95 * report["lipsync"]["truth_whole"]
+    assert report["mouth_amplitude"]["whole"] == pytest.approx(0.2, abs=0.02)
+    assert all(c["mouth_amplitude"] == pytest.approx(0.2, abs=0.03) for c in report["chunks"])
