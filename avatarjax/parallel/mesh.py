@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -87,6 +87,28 @@ def axes_size(mesh: Mesh, spec_entry: Any) -> int:
         return 1
     names = (spec_entry,) if isinstance(spec_entry, str) else spec_entry
     return math.prod(mesh.shape[name] for name in names)
+
+
+def fit_spec(shape: Sequence[int], spec: PartitionSpec, mesh_shape: Mapping[str, int],
+             logical_axes: Sequence[str | None] | None) -> PartitionSpec:
+    """``spec`` with the entries of ``rules.WHERE_DIVISIBLE`` dimensions dropped (replicated) where they do not
+    divide their mesh axes or reuse a mesh axis another dimension shards over (a Dense layer ``(embed,
+    conv_out)`` under fsdp); every other entry unchanged."""
+    if not logical_axes:
+        return spec
+    entries = list(tuple(spec) + (None,) * (len(shape) - len(spec)))
+    names_of = lambda entry: () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))  # noqa: E731
+    fit = [dim < len(logical_axes) and logical_axes[dim] in rules_lib.WHERE_DIVISIBLE for dim in range(len(shape))]
+    used = {n for dim, entry in enumerate(entries) if not fit[dim] for n in names_of(entry)}
+    for dim, (size, entry) in enumerate(zip(shape, entries)):
+        if not fit[dim] or entry is None:
+            continue
+        names = names_of(entry)
+        if size % math.prod(mesh_shape[n] for n in names) or used & set(names):
+            entries[dim] = None
+        else:
+            used |= set(names)
+    return PartitionSpec(*entries[:len(spec)])
 
 
 def check_divisible(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh, what: str,

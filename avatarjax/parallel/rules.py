@@ -7,7 +7,7 @@ their batch dimension on ``fsdp``.
 
 Logical names in use:
 - parameters: ``embed``, ``mlp``, ``heads``, ``kv_heads``, ``head_dim``, ``vocab``, ``layers``, ``channels``,
-  ``conv_in``, ``conv_out``, ``kernel``, ``norm``
+  ``conv_in``, ``conv_out``, ``kernel``, ``norm`` (``WHERE_DIVISIBLE`` names those sharded only where they divide)
 - activations: ``batch``, ``length``, ``frames``, ``height``, ``width``, ``act_embed``, ``act_mlp``,
   ``act_heads``, ``act_kv_heads``, ``act_vocab``, ``act_channels``
 """
@@ -35,12 +35,14 @@ _BATCH = ("batch", ("data", "fsdp"))
 PRESETS: dict[str, Rules] = {
     # Pure data parallelism: weights replicated, batch over every data-like axis.
     "dp": (_BATCH,),
-    # ZeRO-3 style: weights sharded along their embed dimension over fsdp, gathered per layer by XLA.
-    "fsdp": (_BATCH, ("embed", "fsdp")),
+    # ZeRO-3 style: weights sharded along their embed dimension (convolutions: their output channels) over fsdp,
+    # gathered per layer by XLA.
+    "fsdp": (_BATCH, ("embed", "fsdp"), ("conv_out", "fsdp")),
     # FSDP plus Megatron-style tensor parallelism over heads / mlp / vocab.
     "fsdp_tp": (
         _BATCH,
         ("embed", "fsdp"),
+        ("conv_out", "fsdp"),
         ("mlp", "tensor"),
         ("heads", "tensor"),
         ("kv_heads", "tensor"),
@@ -58,6 +60,12 @@ PRESETS: dict[str, Rules] = {
 PRESETS["fsdp_tp_sp"] = PRESETS["fsdp_tp"] + (("length", "sequence"), ("sequence", "sequence"),
                                               ("frames", "sequence"))
 PRESETS["sp"] = PRESETS["fsdp_tp_sp"]
+
+
+# Parameter axes sharded only where they divide: convolution channel counts include 3 (RGB) and small latent
+# widths that no mesh divides, and a replicated 3-channel output conv costs nothing. Any other axis that does not
+# divide is an error naming the parameter (``mesh.check_divisible``).
+WHERE_DIVISIBLE = frozenset({"conv_in", "conv_out"})
 
 
 def resolve(preset: str, override: Sequence[tuple[str, MeshAxes]] = ()) -> Rules:

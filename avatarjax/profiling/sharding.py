@@ -1,8 +1,8 @@
 """Per-parameter sharding dumps: what each logical-rule preset does to every weight of a model, without building it.
 
 A dump maps each parameter path to its shape, logical axis names, the PartitionSpec the preset's rules give it
-(computed exactly as the trainer does: ``nnx.get_partition_spec`` under ``nnx.logical_axis_rules``) and the
-per-device shard shape on a given mesh. Everything comes from ``nnx.eval_shape``: no parameter is allocated, so
+(computed exactly as the trainer does: ``nnx.get_partition_spec`` under ``nnx.logical_axis_rules``, then
+``train.state.fit_specs``) and the per-device shard shape on a given mesh. Everything comes from ``nnx.eval_shape``: no parameter is allocated, so
 paper-size models dump in about a second. ``tests/golden/sharding/`` keeps one dump per model family and preset
 (like MaxText's sharding dumps), so a change that silently replicates a large weight fails a test.
 """
@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from avatarjax.parallel import rules as rules_lib
+from avatarjax.train import state as state_lib
 
 # The fake 8-device meshes the golden dumps use.
 GOLDEN_MESHES = {
@@ -90,10 +91,10 @@ def sharding_dump(cfg, preset: str, mesh: dict[str, int], *, state: tuple[nnx.St
     ``state`` reuses an ``abstract_model_state(cfg)`` (the model is the same for every preset)."""
     params, rest = state if state is not None else abstract_model_state(cfg)
     rules = rules_lib.resolve(preset, override)
-    with nnx.logical_axis_rules(rules):
-        param_specs = nnx.get_partition_spec(params)
-        rest_specs = nnx.get_partition_spec(rest)
     mesh = {name: int(mesh.get(name, 1)) for name in rules_lib.MESH_AXES}
+    with nnx.logical_axis_rules(rules):
+        param_specs = state_lib.fit_specs(params, nnx.get_partition_spec(params), mesh)
+        rest_specs = state_lib.fit_specs(rest, nnx.get_partition_spec(rest), mesh)
     param_rows = _tree_rows(params, param_specs, mesh)
     rest_rows = _tree_rows(rest, rest_specs, mesh)
     itemsize = lambda row: np.dtype(row["dtype"]).itemsize  # noqa: E731

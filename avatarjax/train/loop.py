@@ -92,7 +92,7 @@ class Trainer:
         ema = cfg.train.ema_decay > 0
         self.graphdef, self.abstract = state_lib.abstract_state(build, self.tx, ema, self.mesh, self.rules)
         with nnx.logical_axis_rules(self.rules):
-            specs = state_lib.state_specs(self.abstract, self.tx)
+            specs = state_lib.state_specs(self.abstract, self.tx, dict(self.mesh.shape))
         state_lib.check_state_divisible(self.abstract, specs, self.mesh)
         self.state_shardings = state_lib.to_shardings(specs, self.mesh)
         self.num_params = state_lib.param_count(self.abstract.params)

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from avatarjax.errors import ShardingError
-from avatarjax.parallel.mesh import check_divisible
+from avatarjax.parallel.mesh import check_divisible, fit_spec
 from avatarjax.parallel.rules import LOGICAL_AXES, Rules
 
 
@@ -34,10 +34,25 @@ def _is_spec(x) -> bool:
     return isinstance(x, PartitionSpec)
 
 
-def state_specs(abstract: TrainState, tx: optax.GradientTransformation) -> TrainState:
-    """PartitionSpecs for every leaf of the state, from the params' logical axis metadata (rules must be active)."""
+def fit_specs(tree: nnx.State, specs: nnx.State, mesh_shape) -> nnx.State:
+    """``specs`` of the abstract ``tree`` with ``mesh.fit_spec`` applied to each leaf (the axes sharded only where
+    they divide)."""
+    def fit(var, spec):
+        value = spec.get_value() if hasattr(spec, "get_value") else spec
+        fitted = fit_spec(var.shape, value, mesh_shape, var.get_metadata().get("out_sharding"))
+        return spec.replace(fitted) if hasattr(spec, "replace") else fitted
+
+    return jax.tree.map(fit, tree, specs, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def state_specs(abstract: TrainState, tx: optax.GradientTransformation, mesh_shape=None) -> TrainState:
+    """PartitionSpecs for every leaf of the state, from the params' logical axis metadata (rules must be active),
+    fitted to ``mesh_shape`` (``{axis: size}``; ``fit_specs``) when given."""
     param_specs = nnx.get_partition_spec(abstract.params)
     rest_specs = nnx.get_partition_spec(abstract.rest)
+    if mesh_shape is not None:
+        param_specs = fit_specs(abstract.params, param_specs, mesh_shape)
+        rest_specs = fit_specs(abstract.rest, rest_specs, mesh_shape)
     opt_specs = optax.tree_map_params(tx, lambda _, spec: spec, abstract.opt_state, param_specs,
                                       transform_non_params=lambda _: PartitionSpec(), is_leaf=_is_spec)
     return TrainState(step=PartitionSpec(), params=param_specs, rest=rest_specs, opt_state=opt_specs,
@@ -83,7 +98,8 @@ def jit_init(fn, **jit_kwargs):
 
 def make_init_fn(build_model, tx: optax.GradientTransformation, ema: bool):
     def init(key: jax.Array) -> TrainState:
-        model = build_model(nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1)))
+        with nnx.use_eager_sharding(False):  # placed by the caller's out_shardings (abstract_state)
+            model = build_model(nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1)))
         _, params, rest = nnx.split(model, nnx.Param, ...)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
                           ema=jax.tree.map(jnp.copy, params) if ema else None)
@@ -92,9 +108,14 @@ def make_init_fn(build_model, tx: optax.GradientTransformation, ema: bool):
 
 
 def abstract_state(build_model, tx, ema: bool, mesh: Mesh, rules: Rules) -> tuple[Any, TrainState]:
-    """(model graphdef, abstract TrainState with logical metadata), traced without allocating anything."""
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        abstract_model = nnx.eval_shape(lambda: build_model(nnx.Rngs(0)))
+    """(model graphdef, abstract TrainState with logical metadata), traced without allocating anything.
+
+    Variables are not sharded as they are created (no eager sharding): the state's shardings come from
+    ``state_specs`` (the logical metadata through the rules, then ``fit_specs``) and are applied as the jitted
+    initialiser's ``out_shardings``, so an axis that ``fit_specs`` replicates is never placed by the raw rules."""
+    with nnx.logical_axis_rules(rules), nnx.use_eager_sharding(False):
+        abstract_model = nnx.eval_shape(lambda: build_model(nnx.Rngs(0)))  # (nnx.eval_shape shards under a mesh)
         graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
-        abstract = jax.eval_shape(make_init_fn(build_model, tx, ema), jax.random.key(0))
+        with jax.set_mesh(mesh):
+            abstract = jax.eval_shape(make_init_fn(build_model, tx, ema), jax.random.key(0))
     return graphdef, abstract

@@ -67,3 +67,17 @@ def test_parameter_that_does_not_divide_fails_before_compiling(tmp_path):
     with pytest.raises(ShardingError, match=r"parameter layers/attn/k_proj/(kernel|bias): dimension [12] of size 2 "
                                             r"\(logical axis 'kv_heads'\) does not divide mesh axis 'tensor' of size 4"):
         Trainer(cfg, tmp_path)
+
+
+def test_fit_spec_replicates_only_conv_axes_that_cannot_shard():
+    from avatarjax.parallel.mesh import fit_spec
+
+    shape = {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}
+    conv = ("kernel", "kernel", "conv_in", "conv_out")
+    assert fit_spec((3, 3, 16, 32), P(None, None, None, "fsdp"), shape, conv) == P(None, None, None, "fsdp")
+    assert fit_spec((3, 3, 16, 3), P(None, None, None, "fsdp"), shape, conv) == P(None, None, None, None)
+    # a Dense layer (embed, conv_out): fsdp already shards embed, so conv_out cannot reuse it
+    assert fit_spec((32, 64), P("fsdp", "fsdp"), shape, ("embed", "conv_out")) == P("fsdp", None)
+    # other axes are never relaxed: check_divisible names them instead
+    assert fit_spec((5, 32), P("tensor", None), shape, ("heads", "embed")) == P("tensor", None)
+    assert fit_spec((5, 32), P("fsdp", None), shape, None) == P("fsdp", None)
