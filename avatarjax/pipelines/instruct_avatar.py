@@ -349,13 +349,16 @@ class InstructAvatarOnline:
 
     Same window plan, jitted generator (the previous window's tail re-imposed at every step), reference-portrait
     identity and decoder as ``InstructAvatarPipeline.sample``, but causal, as a live stream must be: each window's
-    audio features and pose prediction come from its own audio, and the pose is cross-faded over the overlap and
-    Gaussian-smoothed over the frames so far only (``sample`` smooths the whole utterance's pose up front)."""
+    audio features and pose prediction come from its own audio, the pose is cross-faded over the overlap and
+    Gaussian-smoothed over the frames so far only (``sample`` smooths the whole utterance's pose up front), and
+    each hand-over is smoothed by ``windowed.smooth_seam_causal`` (``seam_smoothing``; ``sample`` smooths both
+    sides of each seam, which a live stream cannot wait for). ``self.shown``: the motion latents as shown."""
 
     def __init__(self, pipe, portrait, wave: np.ndarray, instruction: str = "", *, window: int | None = None,
-                 overlap: int | None = None, smoothing: float = 1.5, harmonize: float = HARMONIZE, **options):
+                 overlap: int | None = None, smoothing: float = 1.5, harmonize: float = HARMONIZE,
+                 seam_smoothing: float = SEAM_SMOOTHING, **options):
         self.pipe, self.task, self.windowed, self.spf = pipe, task, windowed, SAMPLES_PER_FRAME
-        self.harmonize = harmonize
+        self.harmonize, self.seam_smoothing = harmonize, seam_smoothing
         self.opts = dataclasses.replace(pipe.cfg.sample, **options)
         self.portrait = pipe._portrait(portrait)
         self.wave, self.talking = pipe._audio(wave, None)
@@ -368,6 +371,7 @@ class InstructAvatarOnline:
         self.generator = pipe._generator(self.opts, self.plan.window)
         self.key = jax.random.key(self.opts.seed)
         self.latents = np.zeros((frames, pipe.settings.net.latent_dim), np.float32)
+        self.shown = np.zeros_like(self.latents)
         self.pose = np.zeros((frames, 3), np.float32)
 
     def batch(self, k: int) -> dict:
@@ -402,8 +406,10 @@ class InstructAvatarOnline:
                                jnp.asarray(plan.release(k, self.harmonize)))
         plan.commit(self.latents, np.asarray(x0[0], np.float32), k)
         first, end = start + plan.known_frames(k), start + valid
+        self.shown[first:end] = self.latents[first:end] if first == 0 else self.windowed.smooth_seam_causal(
+            self.shown[first - 1], self.latents[first:end], self.seam_smoothing)
         chunk = np.zeros((w, self.latents.shape[1]), np.float32)
-        chunk[:end - first] = self.latents[first:end] * np.asarray(pipe._std) + np.asarray(pipe._mean)
+        chunk[:end - first] = self.shown[first:end] * np.asarray(pipe._std) + np.asarray(pipe._mean)
         frames = motion_vae.to_uint8(pipe._vae("decode")(pipe._vae_state, self.appearance, jnp.asarray(chunk)))
         return np.asarray(frames)[:end - first]
 

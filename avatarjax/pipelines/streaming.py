@@ -425,6 +425,7 @@ def bench_windowed(argv: list[str]) -> dict:
     online generation (``InstructAvatarOnline``) of a synthface utterance with the InstructAvatar generator."""
     from avatarjax.data.synthface import identity as identity_lib, render, schema
     from avatarjax.pipelines.demo_inputs import first_heldout_identity
+    from avatarjax.pipelines import windowed
     from avatarjax.pipelines.instruct_avatar import InstructAvatarOnline, InstructAvatarPipeline
 
     p = argparse.ArgumentParser(prog="avatarjax bench streaming --mode windowed")
@@ -436,6 +437,8 @@ def bench_windowed(argv: list[str]) -> dict:
     p.add_argument("--overlap", type=int, default=None)
     p.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: the config's)")
     p.add_argument("--instruction", default="talk happily")
+    p.add_argument("--seam-smoothing", type=float, default=None,
+                   help="windowed.smooth_seam_causal sigma at each hand-over (default: the pipeline's; 0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
     ns, rest = _parse_with_overrides(p, argv)
@@ -448,6 +451,8 @@ def bench_windowed(argv: list[str]) -> dict:
     wave = scripted_human(ns.frames, schema.SAMPLES_PER_FRAME, schema.SAMPLE_RATE, 0, ns.seed).reshape(-1)
     options = {"seed": ns.seed, **({"num_steps": ns.num_steps} if ns.num_steps else {})}
     kw = dict(window=ns.window, overlap=ns.overlap, **options)
+    if ns.seam_smoothing is not None:
+        kw["seam_smoothing"] = ns.seam_smoothing
     t0 = time.perf_counter()
     online = InstructAvatarOnline(pipe, portrait, wave, ns.instruction, **kw)
     prepare_s = time.perf_counter() - t0
@@ -471,6 +476,9 @@ def bench_windowed(argv: list[str]) -> dict:
                                                                          "max_ms", "keeps_up", "max_backlog_ms")},
         "output": {"frames": int(video.shape[0]), "audio_frames": len(online.wave) // online.spf,
                    "frame_shape": list(video.shape[1:])},
+        "seam_smoothing": online.seam_smoothing,
+        # the hand-overs as shown: seam p95 over the within-chunk p95 of the latents' frame-to-frame change
+        "seams_latents": windowed.seam_jumps(np.abs(np.diff(online.shown, axis=0)).mean(axis=1), online.plan),
         "notes": ["latency counts from each frame's audio arriving to the frame being shown: a frame waits for the "
                   "rest of its window's audio (algorithmic_ms) plus compute; 'latency' includes compiling the "
                   "generator in window 0, 'latency_compiled_ahead' replaces window 0 with a compiled re-run",

@@ -300,6 +300,25 @@ def smooth_seams(track: np.ndarray, plan: WindowPlan, sigma: float) -> np.ndarra
     return track + weight[:, None] * (smooth - track)
 
 
+def smooth_seam_causal(previous: np.ndarray, new: np.ndarray, sigma: float) -> np.ndarray:
+    """Online counterpart of ``smooth_seams``: a hand-over smoothed with no future frames, for live generation
+    where the frames before the seam are already out. ``new [n, C]`` continues the last shown frame
+    ``previous [C]``; its first ``ceil(2 sigma)`` frames pass through a one-pole low-pass whose pull
+    ``b_j = sigma / (1 + sigma) * (1 - j / (ceil(2 sigma) + 1))`` fades to none:
+    ``y_j = (1 - b_j) x_j + b_j y_{j-1}``, ``y_{-1} = previous``. The step into the window shrinks by
+    ``1 - b_0`` (half at sigma 1) and is paid back over the next frames; later frames are unchanged. 0 = off."""
+    new = np.asarray(new, np.float32)
+    if sigma <= 0 or len(new) == 0:
+        return new.copy()
+    ramp = int(math.ceil(2 * sigma))
+    out, last = new.copy(), np.asarray(previous, np.float32)
+    for j in range(min(ramp, len(new))):
+        pull = sigma / (1.0 + sigma) * (1.0 - j / (ramp + 1))
+        out[j] = (1.0 - pull) * new[j] + pull * last
+        last = out[j]
+    return out
+
+
 def smooth_pose(pose: np.ndarray, *, smoothing: float = 1.5, head_motion_scale: float = 1.0,
                 lip_only: bool = False, portrait_pose: np.ndarray | None = None, posnet=None,
                 posnet_offset: int = 0) -> np.ndarray:

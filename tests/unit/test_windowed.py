@@ -12,6 +12,7 @@ import pytest
 from avatarjax.diffusion import samplers, schedules
 from avatarjax.errors import ConfigError
 from avatarjax.eval import lipsync
+from avatarjax.data.synthface import audio as synth_audio
 from avatarjax import media
 from avatarjax.pipelines import windowed
 
@@ -174,6 +175,18 @@ def test_smooth_seams_removes_a_step_at_the_hand_over_and_leaves_the_rest():
     np.testing.assert_array_equal(windowed.smooth_seams(track[:20], one, 1.0), track[:20])
 
 
+def test_causal_seam_smoothing_shrinks_the_step_into_a_window_and_leaves_later_frames():
+    previous = np.zeros(2, np.float32)
+    new = np.ones((10, 2), np.float32)  # a unit step at the hand-over, then flat
+    out = windowed.smooth_seam_causal(previous, new, 1.0)
+    assert out[0] == pytest.approx([0.5, 0.5])  # the step halves at sigma 1
+    steps = np.diff(np.concatenate([previous[None], out]), axis=0)[:, 0]
+    assert np.all(steps >= 0) and steps.max() == pytest.approx(0.5) and out[:, 0].max() <= 1.0
+    np.testing.assert_array_equal(out[2:], new[2:])  # ramp ceil(2 sigma) = 2 frames; the rest as generated
+    np.testing.assert_array_equal(windowed.smooth_seam_causal(previous, new, 0.0), new)
+    assert windowed.smooth_seam_causal(previous, new[:1], 3.0).shape == (1, 2)
+
+
 @pytest.fixture(scope="module")
 def small_pipe():
     from pathlib import Path
@@ -279,3 +292,28 @@ def test_drift_report_mouth_amplitude_says_how_much_the_mouth_moves():
     assert report["lipsync"]["whole"] > 0.95 * report["lipsync"]["truth_whole"]
     assert report["mouth_amplitude"]["whole"] == pytest.approx(0.2, abs=0.02)
     assert all(c["mouth_amplitude"] == pytest.approx(0.2, abs=0.03) for c in report["chunks"])
+
+
+def test_online_generation_smooths_each_hand_over_causally(small_pipe):
+    """``InstructAvatarOnline``: the shown latents equal the generated ones except the first ceil(2 sigma) frames
+    after each hand-over, which ``smooth_seam_causal`` pulls towards the frame already shown."""
+    from avatarjax.data.synthface import identity, render, schema
+    from avatarjax.pipelines.instruct_avatar import InstructAvatarOnline
+
+    portrait = render.render_frames(identity.sample_identity(3), schema.neutral_state(1), size=small_pipe.frame_size)
+    wave, _, _ = synth_audio.synth_speech(np.random.default_rng(1), 41)
+    online = InstructAvatarOnline(small_pipe, portrait[0], wave[:40 * 640].astype(np.float32), "talk happily",
+                                  window=16, overlap=4, num_steps=2, seam_smoothing=1.0)
+    chunks = online.plan.chunks()
+    frames, generated = [], []
+    for k, (first, end) in enumerate(chunks):  # the next window cross-fades this one's tail: compare as generated
+        frames.append(online(k))
+        generated.append(online.latents[first:end].copy())
+    assert sum(len(f) for f in frames) == 40 and online.plan.num_windows == 3
+    np.testing.assert_array_equal(online.shown[:chunks[0][1]], generated[0])
+    for (first, end), gen in zip(chunks[1:], generated[1:]):
+        shown = online.shown[first:end]
+        np.testing.assert_array_equal(shown[2:], gen[2:])  # ceil(2 sigma) = 2 frames smoothed, the rest as made
+        # the step into the window: the generated frame pulled halfway to the frame already shown
+        np.testing.assert_allclose(shown[0], 0.5 * (gen[0] + online.shown[first - 1]), rtol=1e-6, atol=1e-6)
+        assert np.abs(shown[0] - online.shown[first - 1]).sum() < np.abs(gen[0] - online.shown[first - 1]).sum()
