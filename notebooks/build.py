@@ -65,8 +65,8 @@ Everything is made here: the portrait is a held-out synthface identity and the s
 (`avatarjax.pipelines.demo_inputs`), so nothing is downloaded. About a minute on a 2-core CPU, most of it loading
 the checkpoint and compiling the sampler once.
 
-The checkpoints are weak (numbers in `assets/instructavatar_small/README.md`): the VAE blurs fine detail and the
-generator moves the face far less than real clips do. This notebook shows the path, not the quality goal.
+The checkpoints are small (numbers in `assets/instructavatar_small/README.md`): the VAE blurs fine detail, and the
+generator follows the audio (lip sync 0.92 read back by the synthface face reader) but barely the instruction.
 """),
     setup("01_instructavatar_sampling", "import base64\n\nimport numpy as np\nfrom IPython.display import HTML, "
                                          "Image, display"),
@@ -151,8 +151,7 @@ display(Image(filename=written_motion["contact_sheet"]))
 ## What came out, in numbers
 
 `Generated` holds the frames, the motion latents (in the VAE's units), the head pose the model's pose head
-predicts (degrees: pitch, yaw, roll) and the timing. The time-std of the latents is how much the face moves; the
-checkpoint's README compares it with real synthface clips (0.10–0.14 talking, about 0.05 motion control).
+predicts (degrees: pitch, yaw, roll) and the timing. The time-std of the latents is how much the face moves.
 """),
     code("""
 for name, result in (("talking", talking), ("motion control", motion)):
