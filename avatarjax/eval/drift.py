@@ -7,6 +7,11 @@ A *chunk* is the frames one window adds beyond its continued prefix (``WindowPla
   ``windowed.chunk_colour_distance``);
 - ``identity_distance`` (when the pipeline gives an ``identity_code``): the code of up to 8 of the chunk's frames
   against the portrait's, relative L2;
+- ``target_distance`` and ``target_colour_distance`` (when the pipeline gives ``target_frames``, the frames the
+  output should look like: CogPortrait's driving keypoints rendered, InstructAvatar's read-back states rendered
+  with the portrait's identity): the face region's mean absolute pixel error against them, and the distance of
+  the two face-region mean colours. Both compare like with like, so expression and pose do not move them;
+  ``colour_distance`` and ``identity_distance`` against the still portrait do move with what the face does;
 - ``lipsync``: the best mouth/audio-envelope correlation within +-200 ms over the chunk's whole window;
   ``lipsync_truth``: the same score of the synthface world's own face for this audio, measured the same way;
   ``lipsync_relative`` = their ratio. A chunk's raw score depends on how much its audio varies (pauses, long
@@ -150,6 +155,9 @@ def drift_report(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray, pl
         if target_frames is not None:
             err = np.abs(frames[first:end].astype(np.float32) - target_frames[first:end].astype(np.float32))
             chunk["target_distance"] = float((err.mean(axis=-1) * region).sum(axis=(1, 2)).mean() / region.sum())
+            target_mean, _ = windowed.colour_stats(target_frames[first:end], region)
+            chunk["target_colour_distance"] = float(np.linalg.norm(
+                windowed.colour_stats(frames[first:end], region)[0] - target_mean))
         span = slice(plan.starts[k], plan.starts[k] + plan.valid(k))  # the whole window: enough frames to correlate
         enough = plan.valid(k) >= 16
         sync, lag = lipsync.lipsync_score(mouth[span], envelope[span], max_lag=5) if enough else (np.nan, 0)
@@ -170,6 +178,7 @@ def drift_report(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray, pl
         report["identity"] = relative_drift([c["identity_distance"] for c in chunks])
     if target_frames is not None:
         report["target"] = relative_drift([c["target_distance"] for c in chunks])
+        report["target_colour"] = relative_drift([c["target_colour_distance"] for c in chunks])
     syncs = [c["lipsync"] for c in chunks if c["lipsync"] is not None]
     relative = [c["lipsync_relative"] for c in chunks if c["lipsync_relative"] is not None]
     # per-chunk curves need windows of >= 16 frames; the whole utterance's scores are always given
@@ -201,7 +210,7 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
 
 def plot_drift(report: dict, path: str | Path) -> str | None:
     """Per-chunk curves (colour, identity, lip-sync relative to the truth, seam jumps vs the within-chunk p95) as
-    one PNG."""
+    one PNG; with target frames, their colour distance and pixel error in place of the portrait-based two."""
     from avatarjax.atomic import atomic_file
     from avatarjax.train.plots import _pyplot
 
@@ -214,6 +223,9 @@ def plot_drift(report: dict, path: str | Path) -> str | None:
     panels = [("colour_distance", "colour distance to the portrait (RGB)"),
               ("identity_distance", "identity distance (relative code distance)"),
               ("lipsync_relative", f"lip-sync / ground truth's ({report.get('mouth_signal', 'mouth')})")]
+    if chunks and "target_distance" in chunks[0]:  # like-for-like curves: expression and pose factored out
+        panels[:2] = [("target_colour_distance", "colour distance to the target face (RGB)"),
+                      ("target_distance", "pixel error against the target face")]
     for ax, (key, title) in zip(axes.flat, panels):
         values = [np.nan if c.get(key) is None else c[key] for c in chunks]
         ax.plot(t, values, marker="o", ms=3)

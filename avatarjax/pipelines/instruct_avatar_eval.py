@@ -166,8 +166,11 @@ def long_form(pipe, *, seconds: float = 60.0, instruction: str = "talk with a bi
     A held-out synthface identity's neutral portrait speaks ``seconds`` (+ ``extra_samples``, a partial last
     frame, to exercise the tail) of synthetic speech. Identity code: the motion VAE's appearance code
     (appearance is what carries identity through this VAE). Mouth signal for lip-sync: the face reader's
-    ``jaw_open`` with ``reader``, else the mouth box's mean pixel change from the portrait. Seams are scored on
-    pixels and on the motion latents. ``knobs`` go to ``pipe.sample`` (head_motion_scale, anchor_colours, ...).
+    ``jaw_open`` with ``reader``, else the mouth box's mean pixel change from the portrait. With ``reader`` the
+    report also has the ``target`` curve: each frame against the synthface world's render of the portrait's
+    identity in the state the reader reads from that frame, so expression and pose are factored out and what is
+    left is the drift of identity and colour (plus the VAE's and the reader's own error, constant over time).
+    Seams are scored on pixels and on the motion latents. ``knobs`` go to ``pipe.sample`` (head_motion_scale, anchor_colours, ...).
     With ``out_dir``: ``drift.json`` and ``drift.png`` written there."""
     import time
 
@@ -183,12 +186,14 @@ def long_form(pipe, *, seconds: float = 60.0, instruction: str = "talk with a bi
     wall = time.perf_counter() - t0
     frames, info = result.frames, result.info
     plan = windowed.WindowPlan(info["frames"], info["window"], info["overlap"], tuple(info["window_starts"]))
+    target = None
     if reader is not None:
         def mouth_of(video):
             state, _ = reader(video, ident.to_vector())
             return state[:, schema.CHANNELS.index("jaw_open")]
 
         mouth_source = "face_reader jaw_open"
+        target = render.render_frames(ident, reader(frames, ident.to_vector())[0], size)
     else:
         mouth_of, mouth_source = drift.mouth_box_signal(ident, portrait), "mouth-box pixel change from the portrait"
 
@@ -197,7 +202,7 @@ def long_form(pipe, *, seconds: float = 60.0, instruction: str = "talk with a bi
 
     measured = drift.drift_report(frames, result.audio, portrait, plan, mouth_of=mouth_of,
                                   truth_frames=drift.true_talking_frames(ident, result.audio, len(frames), size),
-                                  identity_code=appearance,
+                                  identity_code=appearance, target_frames=target,
                                   latent_motion=np.abs(np.diff(result.latents, axis=0)).mean(axis=1),
                                   input_audio_samples=len(wave))
     report = {

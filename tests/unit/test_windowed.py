@@ -317,3 +317,28 @@ def test_online_generation_smooths_each_hand_over_causally(small_pipe):
         # the step into the window: the generated frame pulled halfway to the frame already shown
         np.testing.assert_allclose(shown[0], 0.5 * (gen[0] + online.shown[first - 1]), rtol=1e-6, atol=1e-6)
         assert np.abs(shown[0] - online.shown[first - 1]).sum() < np.abs(gen[0] - online.shown[first - 1]).sum()
+
+
+def test_long_form_with_a_reader_scores_frames_against_the_world_render_of_what_it_reads(small_pipe):
+    """With a reader, the ``target`` curve compares each frame with the synthface render of the portrait's
+    identity in the state read from that frame (expression and pose factored out of the identity drift)."""
+    from avatarjax.data.synthface import schema
+    from avatarjax.pipelines.instruct_avatar_eval import long_form
+
+    calls = []
+
+    def reader(frames, identity):  # a stand-in reader: every frame reads as the neutral face, jaw from brightness
+        calls.append(len(frames))
+        state = schema.neutral_state(len(frames))
+        state[:, schema.CHANNELS.index("jaw_open")] = frames.mean(axis=(1, 2, 3)) / 255.0
+        return state, None
+
+    report = long_form(small_pipe, seconds=1.0, reader=reader, progress=False, window=16, overlap=4, num_steps=2)
+    assert report["mouth_signal"] == "face_reader jaw_open" and "target" in report
+    chunks = report["chunks"]
+    assert all(c["target_distance"] > 0 for c in chunks) and report["target"]["first"] == chunks[0]["target_distance"]
+    assert calls.count(report["duration"]["frames"]) >= 2  # the generated frames: once for the mouth, once here
+    # the reader read every frame as neutral with the jaw set by brightness: the target is that world face, and
+    # the generated (VAE-decoded) frames differ from it by a few grey levels, not by a different face
+    assert 0 < report["target"]["mean"] < 40
+    assert all(c["target_colour_distance"] >= 0 for c in chunks) and "target_colour" in report
