@@ -9,7 +9,8 @@ Half the sources are the identity's neutral face and the pixels that differ betw
 extra L1 (``data.neutral_source_prob=0.5``, ``model.moving_weight=1.0``; the motion_vae objective explains why).
 With the released objective (both 0) this config learned to copy the source: decoding a held-out utterance's true
 motion with its neutral portrait's appearance moved the mouth 0.010x as much as the true face; with them, 0.76x
-(2000 steps each; ``transfer_mouth_amplitude`` of ``avatarjax eval --checkpoint DIR``).
+(2000 steps each; ``transfer_mouth_amplitude`` of ``avatarjax eval --checkpoint DIR``). The moving-pixel L1 does
+the work: alone 0.85x, neutral sources alone 0.058x (the shipped VAE has both).
 """
 
 import ml_collections
