@@ -221,7 +221,7 @@ def _fresh(cfg: vt.VideoTokenizerConfig) -> dict[str, np.ndarray]:
                 value = np.zeros_like(value)
             out[f"temporal/{path}"] = value
         if not cfg.pixel_conv:
-            head = Dense(cfg.dec_dim, cfg.patch_dim, axes=("embed", "conv_out"), rngs=rngs)
+            head = Dense(cfg.dec_dim, cfg.patch_dim, axes=("embed", "features"), rngs=rngs)
             out.update({f"decoder/to_pixels/{p}": np.asarray(v.get_value()) for p, v in param_paths(head).items()})
     return out
 

@@ -259,7 +259,7 @@ class FrameDecoder(nnx.Module):
         self.class_token = _table(rngs, 1, dim, dim ** -0.5, param_dtype) if cfg.class_token else None
         self.transformer = Transformer(cfg, cfg.decoder_layers, dim=dim, num_heads=cfg.dec_heads,
                                        mlp_dim=cfg.dec_mlp_dim, pre_norm=cfg.pre_norm, remat=remat, **kw)
-        self.to_pixels = Dense(dim, cfg.patch_dim, axes=("embed", "conv_out"), **kw)
+        self.to_pixels = Dense(dim, cfg.patch_dim, axes=("embed", "features"), **kw)
         self.pixel_conv = Conv(3, 3, 3, **kw) if cfg.pixel_conv else None
 
     def features(self, latents: jax.Array) -> jax.Array:

@@ -296,7 +296,7 @@ class FeatureProjection(nnx.Module):
 
     def __init__(self, cfg: Wav2Vec2Config, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.layer_norm = LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps, param_dtype=param_dtype)
-        self.projection = Dense(cfg.conv_dim[-1], cfg.hidden_size, axes=("conv_out", "embed"), dtype=dtype,
+        self.projection = Dense(cfg.conv_dim[-1], cfg.hidden_size, axes=("features", "embed"), dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:

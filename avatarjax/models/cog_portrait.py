@@ -364,7 +364,7 @@ class CogPortraitDiT(nnx.Module):
         self.norm_out = LayerNorm(d, eps=cfg.eps, use_scale=False, use_bias=False)
         table = jax.random.normal(rngs.params(), (2, d), F32) / math.sqrt(d)
         self.head_modulation = nnx.Param(table.astype(param_dtype), out_sharding=(None, "embed"))
-        self.proj_out = Dense(d, cfg.patch_volume * cfg.out_channels, axes=("embed", "conv_out"),
+        self.proj_out = Dense(d, cfg.patch_volume * cfg.out_channels, axes=("embed", "features"),
                               kernel_init=nnx.initializers.zeros, **kw)
 
     def grid(self, shape: Sequence[int]) -> tuple[int, int, int]:

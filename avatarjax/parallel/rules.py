@@ -7,7 +7,9 @@ their batch dimension on ``fsdp``.
 
 Logical names in use:
 - parameters: ``embed``, ``mlp``, ``heads``, ``kv_heads``, ``head_dim``, ``vocab``, ``layers``, ``channels``,
-  ``conv_in``, ``conv_out``, ``kernel``, ``norm`` (``WHERE_DIVISIBLE`` names those sharded only where they divide)
+  ``conv_in``, ``conv_out``, ``kernel``, ``norm`` (``WHERE_DIVISIBLE`` names those sharded only where they divide),
+  ``features`` (the non-model side of a Dense projection to or from pixels, patches or CNN features: its other
+  dim is ``embed``, so it must never share ``embed``'s mesh axis; no preset maps it)
 - activations: ``batch``, ``length``, ``frames``, ``height``, ``width``, ``act_embed``, ``act_mlp``,
   ``act_heads``, ``act_kv_heads``, ``act_vocab``, ``act_channels``
 """
@@ -24,7 +26,7 @@ MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 LOGICAL_AXES = (
     # parameters
     "embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "layers", "channels", "conv_in", "conv_out",
-    "kernel", "norm", "codebooks", "latent",
+    "kernel", "norm", "codebooks", "latent", "features",
     # activations
     "batch", "length", "sequence", "kv_length", "frames", "height", "width", "act_embed", "act_mlp", "act_heads",
     "act_kv_heads", "act_head_dim", "act_vocab", "act_channels",

@@ -62,12 +62,14 @@ def _problems(shape, entries, mesh: dict[str, int]) -> list[str]:
     return problems
 
 
-def _tree_rows(tree: nnx.State, specs: nnx.State, mesh: dict[str, int]) -> dict[str, dict]:
+def _tree_rows(tree: nnx.State, specs: nnx.State, mesh: dict[str, int], raw: nnx.State) -> dict[str, dict]:
+    """``raw``: the specs straight from the rules, before ``fit_specs`` (what NNX uses when it shards a variable
+    as it is created under a mesh)."""
     rows = {}
-    spec_of = dict(nnx.to_flat_state(specs))
+    spec_of, raw_of = dict(nnx.to_flat_state(specs)), dict(nnx.to_flat_state(raw))
+    value = lambda spec: spec.get_value() if hasattr(spec, "get_value") else spec  # noqa: E731
     for path, var in nnx.to_flat_state(tree):
-        spec = spec_of[path]
-        spec = spec.get_value() if hasattr(spec, "get_value") else spec
+        spec = value(spec_of[path])
         shape = tuple(int(s) for s in var.shape)
         entries = _spec_entries(spec, len(shape))
         shard = []
@@ -78,6 +80,10 @@ def _tree_rows(tree: nnx.State, specs: nnx.State, mesh: dict[str, int]) -> dict[
         row = {"shape": list(shape), "dtype": str(np.dtype(var.dtype)),
                "logical": None if logical is None else list(logical), "spec": entries, "per_device": shard}
         problems = _problems(shape, entries, mesh)
+        raw_entries = [e for e in _spec_entries(value(raw_of[path]), len(shape)) if e is not None]
+        raw_names = [n for e in raw_entries for n in ([e] if isinstance(e, str) else e)]
+        problems += [f"the rules use mesh axis '{n}' twice (creating it under a mesh fails)"
+                     for n in sorted({n for n in raw_names if raw_names.count(n) > 1})]
         if problems:
             row["problems"] = problems
         rows["/".join(map(str, path))] = row
@@ -93,10 +99,11 @@ def sharding_dump(cfg, preset: str, mesh: dict[str, int], *, state: tuple[nnx.St
     rules = rules_lib.resolve(preset, override)
     mesh = {name: int(mesh.get(name, 1)) for name in rules_lib.MESH_AXES}
     with nnx.logical_axis_rules(rules):
-        param_specs = state_lib.fit_specs(params, nnx.get_partition_spec(params), mesh)
-        rest_specs = state_lib.fit_specs(rest, nnx.get_partition_spec(rest), mesh)
-    param_rows = _tree_rows(params, param_specs, mesh)
-    rest_rows = _tree_rows(rest, rest_specs, mesh)
+        raw_params, raw_rest = nnx.get_partition_spec(params), nnx.get_partition_spec(rest)
+    param_specs = state_lib.fit_specs(params, raw_params, mesh)
+    rest_specs = state_lib.fit_specs(rest, raw_rest, mesh)
+    param_rows = _tree_rows(params, param_specs, mesh, raw_params)
+    rest_rows = _tree_rows(rest, rest_specs, mesh, raw_rest)
     itemsize = lambda row: np.dtype(row["dtype"]).itemsize  # noqa: E731
     total = sum(math.prod(r["shape"]) * itemsize(r) for r in param_rows.values())
     per_device = sum(math.prod(r["per_device"]) * itemsize(r) for r in param_rows.values())
